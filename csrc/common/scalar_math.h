@@ -1,0 +1,61 @@
+// Elementary functions for the per-coordinate math, written so that the same call works for a
+// float or double scalar (CPU and CUDA) and, on the CPU, for a SIMD vector of coordinates
+// (simd.h adds those overloads). The per-op math headers call only these, never std:: directly.
+#pragma once
+
+#include <cmath>
+
+#include "common/macros.h"
+
+namespace lo {
+
+// The element type of a value type: V itself for scalars; simd.h specialises it for vectors.
+template <typename V>
+struct ScalarOf {
+  using type = V;
+};
+
+// A constant of the value type V: a scalar, or the same number in every SIMD lane.
+template <typename V, typename S>
+LO_HD V splat(S s) {
+  return V{} + static_cast<typename ScalarOf<V>::type>(s);
+}
+
+// Works for a scalar (bool mask) and for a GCC vector (vector mask) alike.
+template <typename M, typename V>
+LO_HD V select(M mask, V a, V b) {
+  return mask ? a : b;
+}
+
+#define LO_SCALAR_MATH(T, EXP, LOG, TANH)                                     \
+  LO_HD T exp(T x) { return EXP(x); }                                         \
+  LO_HD T log(T x) { return LOG(x); }                                         \
+  LO_HD T tanh(T x) { return TANH(x); }                                       \
+  LO_HD T sigmoid(T x) { return T(1) / (T(1) + EXP(-x)); }                    \
+  LO_HD T abs(T x) { return x < T(0) ? -x : x; }
+
+#if defined(__CUDA_ARCH__)
+LO_SCALAR_MATH(float, ::expf, ::logf, ::tanhf)
+LO_SCALAR_MATH(double, ::exp, ::log, ::tanh)
+#else
+LO_SCALAR_MATH(float, std::exp, std::log, std::tanh)
+LO_SCALAR_MATH(double, std::exp, std::log, std::tanh)
+#endif
+#undef LO_SCALAR_MATH
+
+// A NaN test that also works lane-wise on SIMD vectors (x != x only for NaN).
+template <typename V>
+LO_HD auto is_nan(V x) -> decltype(x != x) {
+  return x != x;
+}
+
+template <typename V>
+LO_HD V relu(V x) {
+  return select(x > splat<V>(0), x, splat<V>(0));
+}
+
+}  // namespace lo
+
+#if !defined(__CUDACC__)
+#include "common/simd.h"
+#endif

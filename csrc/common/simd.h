@@ -1,0 +1,139 @@
+// Host-only SIMD vectors of float coordinates (GCC/Clang vector extensions) and their elementary
+// functions, so that the per-coordinate math in *_math.h runs W coordinates per instruction on the
+// CPU. The polynomials are Cephes' single-precision ones (about 1-2 ulp); they need no libm and so
+// vectorise, which std::exp does not without fast-math. Compiled per CPU capability (cpu/dispatch).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+// Always inlined: each capability's kernel file compiles these with its own instruction set, so an
+// out-of-line copy shared between those files by the linker could run AVX-512 code on a CPU without.
+#define LO_SIMD_INLINE inline __attribute__((always_inline))
+
+namespace lo {
+namespace simd {
+
+template <int W>
+struct F32Vec {
+  typedef float type __attribute__((vector_size(4 * W)));
+  typedef int32_t itype __attribute__((vector_size(4 * W)));
+};
+using f32x4 = F32Vec<4>::type;
+using f32x8 = F32Vec<8>::type;
+using f32x16 = F32Vec<16>::type;
+
+template <typename V>
+struct Lanes;
+template <>
+struct Lanes<f32x4> { static constexpr int value = 4; using itype = F32Vec<4>::itype; };
+template <>
+struct Lanes<f32x8> { static constexpr int value = 8; using itype = F32Vec<8>::itype; };
+template <>
+struct Lanes<f32x16> { static constexpr int value = 16; using itype = F32Vec<16>::itype; };
+
+template <typename V>
+LO_SIMD_INLINE V load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+LO_SIMD_INLINE void store(float* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <typename V>
+LO_SIMD_INLINE V vexp(V x) {
+  using IV = typename Lanes<V>::itype;
+  const V hi = V{} + 88.3762626647949f, lo_ = V{} - 87.3365447504f;
+  V xc = x > hi ? hi : x;
+  xc = xc < lo_ ? lo_ : xc;
+  // n = floor(x / ln 2 + 0.5); r = x - n ln 2 in two parts for accuracy.
+  V fx = xc * 1.44269504088896341f + 0.5f;
+  V t = __builtin_convertvector(__builtin_convertvector(fx, IV), V);
+  V n = t > fx ? t - 1.0f : t;
+  V r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V z = r * r;
+  V y = 1.9875691500E-4f * r + 1.3981999507E-3f;
+  y = y * r + 8.3334519073E-3f;
+  y = y * r + 4.1665795894E-2f;
+  y = y * r + 1.6666665459E-1f;
+  y = y * r + 5.0000001201E-1f;
+  y = y * z + r + 1.0f;
+  IV e = (__builtin_convertvector(n, IV) + 127) << 23;
+  y = y * (V)e;
+  const V inf = V{} + __builtin_inff();
+  y = x > 88.72283905206835f ? inf : y;   // overflow, as std::exp
+  y = x < -87.3365447504f ? V{} : y;       // below the normal range: flushed to 0
+  return y;                                // NaN stays NaN (all comparisons false)
+}
+
+// Natural log for x > 0 normal numbers and +inf (the only arguments the kernels pass).
+template <typename V>
+LO_SIMD_INLINE V vlog(V x) {
+  using IV = typename Lanes<V>::itype;
+  IV bits = (IV)x;
+  IV e = ((bits >> 23) & 0xff) - 126;
+  V m = (V)((bits & 0x007fffff) | 0x3f000000);  // mantissa in [0.5, 1)
+  V ef = __builtin_convertvector(e, V);
+  auto small = m < 0.707106781186547524f;
+  ef = small ? ef - 1.0f : ef;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  V z = m * m;
+  V y = 7.0376836292E-2f * m - 1.1514610310E-1f;
+  y = y * m + 1.1676998740E-1f;
+  y = y * m - 1.2420140846E-1f;
+  y = y * m + 1.4249322787E-1f;
+  y = y * m - 1.6668057665E-1f;
+  y = y * m + 2.0000714765E-1f;
+  y = y * m - 2.4999993993E-1f;
+  y = y * m + 3.3333331174E-1f;
+  y = y * m * z;
+  y = y + ef * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  V r = m + y + ef * 0.693359375f;
+  const V inf = V{} + __builtin_inff();
+  r = x == inf ? inf : r;
+  r = x != x ? x : r;
+  return r;
+}
+
+template <typename V>
+LO_SIMD_INLINE V vtanh(V x) {
+  V ax = x < 0.0f ? -x : x;
+  // Small |x|: odd polynomial (relative accuracy near 0); large: 1 - 2 / (e^{2|x|} + 1).
+  V z = x * x;
+  V p = -5.70498872745E-3f * z + 2.06390887954E-2f;
+  p = p * z - 5.37397155531E-2f;
+  p = p * z + 1.33314422036E-1f;
+  p = p * z - 3.33332819422E-1f;
+  V small = p * z * x + x;
+  V big = 1.0f - 2.0f / (vexp(ax + ax) + 1.0f);
+  big = x < 0.0f ? -big : big;
+  return ax < 0.625f ? small : big;
+}
+
+}  // namespace simd
+
+template <>
+struct ScalarOf<simd::f32x4> { using type = float; };
+template <>
+struct ScalarOf<simd::f32x8> { using type = float; };
+template <>
+struct ScalarOf<simd::f32x16> { using type = float; };
+
+#define LO_SIMD_MATH(V)                                                              \
+  LO_SIMD_INLINE V exp(V x) { return simd::vexp(x); }                                        \
+  LO_SIMD_INLINE V log(V x) { return simd::vlog(x); }                                        \
+  LO_SIMD_INLINE V tanh(V x) { return simd::vtanh(x); }                                      \
+  LO_SIMD_INLINE V sigmoid(V x) { return 1.0f / (1.0f + simd::vexp(-x)); }                   \
+  LO_SIMD_INLINE V abs(V x) { return x < 0.0f ? -x : x; }
+
+LO_SIMD_MATH(simd::f32x4)
+LO_SIMD_MATH(simd::f32x8)
+LO_SIMD_MATH(simd::f32x16)
+#undef LO_SIMD_MATH
+
+}  // namespace lo

@@ -1,0 +1,32 @@
+// The one place where the learnedopt ops are declared. Kernels are registered per dispatch key in
+// cpu/*_cpu.cpp and cuda/*_cuda.cpp; fake (meta) kernels and autograd in learnedopt/ops/*.py.
+//
+// Every *_backward op returns the gradient of every tensor input, in input order. The backward ops
+// are not themselves differentiable (see learnedopt/ops/_double_backward.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(learnedopt, m) {
+  m.def("preprocess(Tensor x, float p, float log_eps, bool strict) -> Tensor");
+  m.def("preprocess_backward(Tensor grad_out, Tensor x, float p, float log_eps, bool strict) -> Tensor");
+
+  m.def(
+      "meta_lstm_step(Tensor theta, Tensor grad, Tensor loss, Tensor h, Tensor c, Tensor f_prev, "
+      "Tensor i_prev, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor w_f, Tensor b_f, "
+      "Tensor w_i, Tensor b_i, float p, float log_eps, bool strict) "
+      "-> (Tensor theta_new, Tensor h_new, Tensor c_new, Tensor f, Tensor i)");
+  m.def(
+      "meta_lstm_step_backward(Tensor grad_theta_new, Tensor grad_h_new, Tensor grad_c_new, "
+      "Tensor grad_f, Tensor grad_i, Tensor theta, Tensor grad, Tensor loss, Tensor h, Tensor c, "
+      "Tensor f_prev, Tensor i_prev, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, "
+      "Tensor w_f, Tensor b_f, Tensor w_i, Tensor b_i, float p, float log_eps, bool strict) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor)");
+
+  m.def(
+      "turtle_step(Tensor theta, Tensor grad, Tensor m, int t, Tensor alpha, Tensor[] weights, "
+      "Tensor[] biases, float beta, float grad_clamp) -> (Tensor theta_new, Tensor m_new)");
+  m.def(
+      "turtle_step_backward(Tensor grad_theta_new, Tensor grad_m_new, Tensor theta, Tensor grad, "
+      "Tensor m, int t, Tensor alpha, Tensor[] weights, Tensor[] biases, float beta, "
+      "float grad_clamp) -> (Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[])");
+}

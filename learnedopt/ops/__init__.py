@@ -1,0 +1,22 @@
+"""The fused learned-optimizer ops, with an explicit choice of backend.
+
+    from learnedopt import ops
+    ops.available("cpu")            # fused kernels compiled for this device?
+    ops.set_backend("reference")    # or "fused" / "auto" (default)
+    ops.preprocess(g)               # SPEC §1
+    ops.meta_lstm_step(...)         # SPEC §2
+    ops.turtle_step(...)            # SPEC §3
+
+Path of a call: this wrapper checks its arguments, then either runs ``torch.ops.learnedopt.<op>``
+(registered in csrc/schema.cpp, CPU kernel in csrc/cpu/, CUDA kernel in csrc/cuda/) or the
+pure-PyTorch twin in :mod:`learnedopt.reference`.
+"""
+
+from learnedopt.ops._backend import (BACKENDS, available, describe, get_backend, set_backend,
+                                     use_backend)
+from learnedopt.ops.meta_lstm import meta_lstm_step
+from learnedopt.ops.preprocess import preprocess
+from learnedopt.ops.turtle import turtle_step
+
+__all__ = ["BACKENDS", "available", "describe", "get_backend", "set_backend", "use_backend",
+           "preprocess", "meta_lstm_step", "turtle_step"]

@@ -1,0 +1,93 @@
+"""``meta_lstm_step``: one fused step of the coordinate-wise meta-learner LSTM (SPEC §2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from learnedopt import _extension, reference
+from learnedopt.ops import _backend, _checks
+from learnedopt.ops._double_backward import refuse_double_backward
+
+INPUT_NAMES = ("theta", "grad", "loss", "h", "c", "f_prev", "i_prev", "w_ih", "w_hh", "b_ih",
+               "b_hh", "w_f", "b_f", "w_i", "b_i")
+# Hidden sizes with a specialised (unrolled) kernel; others run a generic kernel up to MAX_HIDDEN.
+FAST_HIDDEN_SIZES = (20,)
+MAX_HIDDEN = 64
+
+
+def _check(theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i, p):
+    op = "meta_lstm_step"
+    _checks.check_vector(op, "theta", theta)
+    n = theta.shape[0]
+    _checks.check_tensor(op, "h", h, theta)
+    if h.dim() != 2 or h.shape[0] != n:
+        raise ValueError(f"learnedopt.ops.{op}: h must have shape (n, hidden) with n = {n}, "
+                         f"got {tuple(h.shape)}")
+    hidden = h.shape[1]
+    if not 1 <= hidden <= MAX_HIDDEN:
+        raise ValueError(f"learnedopt.ops.{op}: hidden size {hidden} is not supported "
+                         f"(1..{MAX_HIDDEN}; {FAST_HIDDEN_SIZES} have specialised kernels)")
+    for name, t in (("grad", grad), ("f_prev", f_prev), ("i_prev", i_prev)):
+        _checks.check_tensor(op, name, t, theta, shape=(n,))
+    _checks.check_tensor(op, "loss", loss, theta, shape=())
+    _checks.check_tensor(op, "c", c, theta, shape=(n, hidden))
+    _checks.check_tensor(op, "w_ih", w_ih, theta)
+    if w_ih.dim() != 2 or w_ih.shape[0] != 4 * hidden or w_ih.shape[1] not in (1, 4):
+        raise ValueError(
+            f"learnedopt.ops.{op}: w_ih must have shape (4*hidden, 4) for preprocessed "
+            f"[loss, grad] input or (4*hidden, 1) for the raw gradient, with hidden = {hidden}; "
+            f"got {tuple(w_ih.shape)}")
+    _checks.check_tensor(op, "w_hh", w_hh, theta, shape=(4 * hidden, hidden))
+    _checks.check_tensor(op, "b_ih", b_ih, theta, shape=(4 * hidden,))
+    _checks.check_tensor(op, "b_hh", b_hh, theta, shape=(4 * hidden,))
+    for name, t in (("w_f", w_f), ("w_i", w_i)):
+        _checks.check_tensor(op, name, t, theta, shape=(hidden + 2,))
+    for name, t in (("b_f", b_f), ("b_i", b_i)):
+        _checks.check_tensor(op, name, t, theta, shape=(1,))
+    if not (p > 0 and math.isfinite(p)):
+        raise ValueError(f"learnedopt.ops.{op}: p must be finite and > 0, got {p}")
+
+
+def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tensor,
+                   f_prev: Tensor, i_prev: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+                   b_hh: Tensor, w_f: Tensor, b_f: Tensor, w_i: Tensor, b_i: Tensor,
+                   p: float = 10.0, log_eps: float = 0.0, strict: bool = False
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Both LSTM layers and the parameter update for n coordinates in one pass.
+
+    Returns (theta_new, h_new, c_new, f, i); see :func:`learnedopt.reference.meta_lstm_step`
+    for the shapes and the math. The input mode follows ``w_ih.shape[1]``: 4 for Ravi's
+    preprocessed [loss, grad], 1 for the raw gradient (the enhanced LSTM; ``loss`` is then unused).
+    """
+    args = (theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i)
+    _check(*args, p)
+    if _backend.use_fused(theta.device, "meta_lstm_step"):
+        return tuple(torch.ops.learnedopt.meta_lstm_step(*args, float(p), float(log_eps), bool(strict)))
+    return reference.meta_lstm_step(*args, p, log_eps, strict)
+
+
+if _extension._C is not None:
+    @torch.library.register_fake("learnedopt::meta_lstm_step")
+    def _(theta, grad, loss, h, c, *rest):
+        return (torch.empty_like(theta), torch.empty_like(h), torch.empty_like(c),
+                torch.empty_like(theta), torch.empty_like(theta))
+
+    @torch.library.register_fake("learnedopt::meta_lstm_step_backward")
+    def _(g_theta, g_h, g_c, g_f, g_i, *inputs_and_args):
+        return tuple(torch.empty_like(t) for t in inputs_and_args[:len(INPUT_NAMES)])
+
+    def _setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:len(INPUT_NAMES)])
+        ctx.args = inputs[len(INPUT_NAMES):]
+
+    def _backward(ctx, g_theta, g_h, g_c, g_f, g_i):
+        grads = torch.ops.learnedopt.meta_lstm_step_backward(
+            g_theta, g_h, g_c, g_f, g_i, *ctx.saved_tensors, *ctx.args)
+        return (*grads, None, None, None)
+
+    torch.library.register_autograd("learnedopt::meta_lstm_step", _backward,
+                                    setup_context=_setup_context)
+    refuse_double_backward("learnedopt::meta_lstm_step_backward")

@@ -1,0 +1,47 @@
+"""``preprocess``: the log-magnitude/sign preprocessing of SPEC §1 as a registered op with autograd."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from learnedopt import _extension, reference
+from learnedopt.ops import _backend, _checks
+from learnedopt.ops._double_backward import refuse_double_backward
+
+
+def preprocess(x: Tensor, p: float = 10.0, log_eps: float = 0.0, strict: bool = False) -> Tensor:
+    """Returns ``x.shape + (2,)``: (log|x|/p, sign x) above |x| = e^-p, (-1, e^p x) below it."""
+    _checks.check_tensor("preprocess", "x", x)
+    if not (p > 0 and math.isfinite(p)):
+        raise ValueError(f"learnedopt.ops.preprocess: p must be finite and > 0, got {p}")
+    if not (log_eps >= 0 and math.isfinite(log_eps)):
+        raise ValueError(f"learnedopt.ops.preprocess: log_eps must be finite and >= 0, got {log_eps}")
+    if _backend.use_fused(x.device, "preprocess"):
+        return torch.ops.learnedopt.preprocess(x, float(p), float(log_eps), bool(strict))
+    return reference.preprocess(x, p, log_eps, strict)
+
+
+if _extension._C is not None:
+    @torch.library.register_fake("learnedopt::preprocess")
+    def _(x, p, log_eps, strict):
+        return x.new_empty((*x.shape, 2))
+
+    @torch.library.register_fake("learnedopt::preprocess_backward")
+    def _(grad_out, x, p, log_eps, strict):
+        return torch.empty_like(x)
+
+    def _setup_context(ctx, inputs, output):
+        x, p, log_eps, strict = inputs
+        ctx.save_for_backward(x)
+        ctx.args = (p, log_eps, strict)
+
+    def _backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.learnedopt.preprocess_backward(grad_out, x, *ctx.args)
+        return grad_x, None, None, None
+
+    torch.library.register_autograd("learnedopt::preprocess", _backward, setup_context=_setup_context)
+    refuse_double_backward("learnedopt::preprocess_backward")

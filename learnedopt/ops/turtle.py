@@ -1,0 +1,93 @@
+"""``turtle_step``: one fused TURTLE update (SPEC §3), the per-coordinate MLP evaluated in registers."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from learnedopt import _extension, reference
+from learnedopt.ops import _backend, _checks
+from learnedopt.ops._double_backward import refuse_double_backward
+
+MAX_WIDTH = 64  # widest hidden layer the kernels hold per coordinate
+MAX_LAYERS = 16
+
+
+def _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
+    op = "turtle_step"
+    _checks.check_vector(op, "theta", theta)
+    n = theta.shape[0]
+    for name, v in (("grad", grad), ("m", m), ("alpha", alpha)):
+        _checks.check_tensor(op, name, v, theta, shape=(n,))
+    if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+        raise ValueError(f"learnedopt.ops.{op}: t must be a step index (int >= 0), got {t!r}")
+    if len(weights) != len(biases) or not 1 <= len(weights) <= MAX_LAYERS:
+        raise ValueError(f"learnedopt.ops.{op}: expected 1..{MAX_LAYERS} layers with one bias each, "
+                         f"got {len(weights)} weights and {len(biases)} biases")
+    fan_in = None
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        _checks.check_tensor(op, f"weights[{k}]", w, theta)
+        if w.dim() != 2:
+            raise ValueError(f"learnedopt.ops.{op}: weights[{k}] must be 2-D (out, in), got {tuple(w.shape)}")
+        if k == 0 and w.shape[1] not in (2, 3):
+            raise ValueError(f"learnedopt.ops.{op}: weights[0] must have 3 input columns for "
+                             f"[g, m, t] or 2 for [g, m], got {w.shape[1]}")
+        if fan_in is not None and w.shape[1] != fan_in:
+            raise ValueError(f"learnedopt.ops.{op}: weights[{k}] has {w.shape[1]} inputs but the "
+                             f"previous layer has {fan_in} outputs")
+        if w.shape[0] > MAX_WIDTH:
+            raise ValueError(f"learnedopt.ops.{op}: layer width {w.shape[0]} exceeds {MAX_WIDTH}")
+        _checks.check_tensor(op, f"biases[{k}]", b, theta, shape=(w.shape[0],))
+        fan_in = w.shape[0]
+    if fan_in != 1:
+        raise ValueError(f"learnedopt.ops.{op}: the last layer must have 1 output, got {fan_in}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"learnedopt.ops.{op}: beta must lie in [0, 1], got {beta}")
+    if not grad_clamp > 0:
+        raise ValueError(f"learnedopt.ops.{op}: grad_clamp must be > 0 (math.inf for no clamp), "
+                         f"got {grad_clamp}")
+
+
+def turtle_step(theta: Tensor, grad: Tensor, m: Tensor, t: int, alpha: Tensor,
+                weights: Sequence[Tensor], biases: Sequence[Tensor], beta: float = 0.9,
+                grad_clamp: float = math.inf) -> tuple[Tensor, Tensor]:
+    """Returns (theta_new, m_new); see :func:`learnedopt.reference.turtle_step` for the math."""
+    weights, biases = list(weights), list(biases)
+    _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
+    if _backend.use_fused(theta.device, "turtle_step"):
+        return tuple(torch.ops.learnedopt.turtle_step(theta, grad, m, t, alpha, weights, biases,
+                                                      float(beta), float(grad_clamp)))
+    return reference.turtle_step(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
+
+
+if _extension._C is not None:
+    @torch.library.register_fake("learnedopt::turtle_step")
+    def _(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
+        return torch.empty_like(theta), torch.empty_like(theta)
+
+    @torch.library.register_fake("learnedopt::turtle_step_backward")
+    def _(g_theta, g_m, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
+        return (torch.empty_like(theta), torch.empty_like(grad), torch.empty_like(m),
+                torch.empty_like(alpha), [torch.empty_like(w) for w in weights],
+                [torch.empty_like(b) for b in biases])
+
+    def _setup_context(ctx, inputs, output):
+        theta, grad, m, t, alpha, weights, biases, beta, grad_clamp = inputs
+        ctx.save_for_backward(theta, grad, m, alpha, *weights, *biases)
+        ctx.layers = len(weights)
+        ctx.args = (t, beta, grad_clamp)
+
+    def _backward(ctx, g_theta, g_m):
+        theta, grad, m, alpha, *params = ctx.saved_tensors
+        weights, biases = params[:ctx.layers], params[ctx.layers:]
+        t, beta, grad_clamp = ctx.args
+        d_theta, d_grad, d_m, d_alpha, d_w, d_b = torch.ops.learnedopt.turtle_step_backward(
+            g_theta, g_m, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
+        return d_theta, d_grad, d_m, None, d_alpha, list(d_w), list(d_b), None, None
+
+    torch.library.register_autograd("learnedopt::turtle_step", _backward,
+                                    setup_context=_setup_context)
+    refuse_double_backward("learnedopt::turtle_step_backward")
