@@ -1,0 +1,60 @@
+"""The one small interface every algorithm implements, and which the training loop, evaluation,
+CLI and benchmarks rely on (nothing else of an algorithm is used from outside)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from learnedopt.tasks.base import TaskBatch
+
+
+class MetaAlgorithm(nn.Module):
+    """Base of MAML, FO-MAML, Meta-SGD, TAML, the LSTM family, TURTLE and the transfer baselines.
+
+    Layout conventions that checkpoints and ``learnedopt.optim.*.from_pretrained`` rely on:
+    an algorithm with a learned update rule holds it as ``self.rule`` (a
+    :class:`learnedopt.rules.MetaLSTMRule` or :class:`~learnedopt.rules.TurtleRule`); per-coordinate
+    learned step sizes (TURTLE, Meta-SGD) are ``self.alpha``, one 1-D Parameter over the learner's
+    flattened parameters; the learner's initial parameters are ``self.theta0`` (1-D Parameter).
+    """
+
+    name: ClassVar[str]
+    # Non-episodic pre-training (TrainFromScratch, Finetuning, Baseline++) sets this and
+    # implements flat_loss; the training loop then feeds it sampler.sample_flat batches.
+    pretrains_flat: ClassVar[bool] = False
+
+    @classmethod
+    def option_defaults(cls, task: str) -> dict:
+        """Every option with its SPEC default for ``task`` ("sine", "omniglot", "images")."""
+        raise NotImplementedError
+
+    def options(self) -> dict:
+        """The options this instance runs with (recorded in checkpoints and result files)."""
+        raise NotImplementedError
+
+    @property
+    def meta_batch_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def outer_lr(self) -> float:
+        raise NotImplementedError
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """The differentiable outer objective over the batch's tasks, and metrics to log."""
+        raise NotImplementedError
+
+    def flat_loss(self, x: Tensor, y: Tensor, num_labels: int) -> Tensor:
+        raise NotImplementedError
+
+    def clip_meta_gradients(self) -> None:
+        """Called between backward and the outer optimizer step (per-algorithm clipping)."""
+
+    def adapt_and_evaluate(self, batch: TaskBatch, steps: int | None = None) -> dict[str, Tensor]:
+        """Adapt to each task's support set with ``steps`` inner steps (default: the test-time
+        count) and return per-task query metrics, each of shape (B,): always "loss", and
+        "accuracy" for classification. Keeps no meta-gradient graph."""
+        raise NotImplementedError
