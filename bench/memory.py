@@ -1,9 +1,9 @@
-"""Peak memory of a block of code, in bytes above what was in use when it started.
+"""Peak tensor memory of a block of code, in bytes above what was allocated when it started.
 
-CUDA: the caching allocator's own peak counter (exact for tensors). CPU: tracemalloc does not see
-tensor storage, so the process's peak resident set (VmHWM) is reset through /proc/self/clear_refs
-and read back; this counts every page touched, tensors or not, and misses memory the allocator
-reuses from earlier frees, so it is an estimate. Where the reset is not possible the result is None.
+CUDA: the caching allocator's own peak counter. CPU: tracemalloc does not see tensor storage and
+the resident set hides what the allocator reuses, so the block runs under torch.profiler with
+profile_memory=True and the allocation/free records are summed in time order; the largest running
+sum is the peak (tensors only, exact, at the price of the profiler's overhead on that one run).
 """
 
 from __future__ import annotations
@@ -11,31 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 METHOD = {"cuda": "torch.cuda.max_memory_allocated minus memory_allocated at the start",
-          "cpu": "peak resident set (VmHWM, reset via /proc/self/clear_refs) minus resident set at the start"}
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_cpu_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+          "cpu": "largest running sum of torch.profiler's CPU allocation records (tensors only)"}
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as peak: ...`` then ``peak.bytes`` (None where unmeasurable)."""
+    """``with PeakMemory(device) as peak: ...`` then ``peak.bytes``."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -47,18 +30,24 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
-            self._ok = _reset_cpu_peak()
-            self._start = _status_kib("VmRSS")
+            self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._profiler.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
-        else:
-            peak = _status_kib("VmHWM")
-            if self._ok and peak is not None and self._start is not None:
-                self.bytes = max(0, peak - self._start) * 1024
+            return False
+        self._profiler.__exit__(*exc)
+        if exc[0] is None:
+            records = [e for e in self._profiler.profiler.kineto_results.events()
+                       if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+            running = peak = 0
+            for e in sorted(records, key=lambda e: e.start_ns()):
+                running += e.nbytes()  # negative for a free
+                peak = max(peak, running)
+            self.bytes = peak
         return False
 
 

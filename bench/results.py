@@ -97,7 +97,12 @@ def machine_line(record: dict) -> str:
     cuda = f", CUDA {m['cuda']}" if m.get("cuda") and record["device"] == "cuda" else ""
     label = f" — **{record['label']}**" if record.get("label") else ""
     return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads), torch {m['torch']}"
-            f"{cuda}; {record['date']}, commit {record['git_commit'][:12]}{label}")
+            f"{cuda}; {record['date']}, commit {_short_commit(record['git_commit'])}{label}")
+
+
+def _short_commit(commit: str) -> str:
+    sha, plus, dirty = commit.partition("+")
+    return (sha[:12] + plus + dirty) if len(sha) == 40 else commit
 
 
 def skipped_lines(record: dict) -> list[str]:
