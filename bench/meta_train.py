@@ -121,7 +121,7 @@ def time_meta_iterations(algorithm, sampler, device, budget_s: float, min_sample
     with memory.PeakMemory(device) as peak:
         meta_iteration(1)
     timing = measure(meta_iteration, device, budget_s=budget_s, warmup_s=0.0,
-                     min_samples=min_samples, min_sample_s=0.0)
+                     min_samples=min_samples, min_sample_s=0.0, warmup_calls=1)
     return timing, peak.bytes
 
 

@@ -42,18 +42,18 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 def measure(fn: Callable[[int], object], device: torch.device, budget_s: float = 1.0,
             warmup_s: float = 0.1, min_samples: int = 5, max_samples: int = 2000,
-            min_sample_s: float = 1e-3) -> Timing:
+            min_sample_s: float = 1e-3, warmup_calls: int = 2) -> Timing:
     """Time ``fn(call_index)``.
 
-    Warm-up: at least 2 calls and ``warmup_s`` seconds (JIT compilation, allocator growth and lazy
-    initialisation land here, not in the samples). Then ``calls_per_sample`` is chosen so that one
+    Warm-up: at least ``warmup_calls`` calls and ``warmup_s`` seconds (JIT compilation, allocator
+    growth and lazy initialisation land here, not in the samples). Then ``calls_per_sample`` is chosen so that one
     sample lasts at least ``min_sample_s``, and samples are taken until ``budget_s`` is spent
     (at least ``min_samples``, at most ``max_samples``; a slow call may exceed the budget).
     """
     sync = synchronizer(device)
     calls = 0
     start = time.perf_counter()
-    while calls < 2 or time.perf_counter() - start < warmup_s:
+    while calls < warmup_calls or time.perf_counter() - start < warmup_s:
         fn(calls)
         sync()
         calls += 1
