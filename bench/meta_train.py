@@ -126,7 +126,9 @@ def time_meta_iterations(algorithm, sampler, device, budget_s: float, min_sample
 
 
 def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_samples: int,
-              log=print) -> tuple[list[dict], dict]:
+              log=print, on_progress=None) -> tuple[list[dict], dict]:
+    """Rows per (case, backend) and the data each task family used; ``on_progress(rows,
+    data_used)`` runs after every measurement, so a run stopped by a time limit keeps them."""
     rows, data_used = [], {}
     try:
         import learnedopt.algorithms  # noqa: F401
@@ -176,12 +178,19 @@ def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_sa
                          "data": data_used[task]})
             log(f"  {row['what']}: {1.0 / timing.median_s:.3g} it/s "
                 f"({results.spread(timing.as_dict())} per iteration, peak {results.mebibytes(peak)})")
+            _add_speedups(rows)
+            if on_progress:
+                on_progress(rows, data_used)
+    _add_speedups(rows)
+    return rows, data_used
+
+
+def _add_speedups(rows: list[dict]) -> None:
     fused = {r["case"]: r for r in rows if r["status"] == "ok" and r["backend"] == "fused"}
     for r in rows:
         if r["status"] == "ok" and r["backend"] == "reference" and r["case"] in fused:
             fused[r["case"]]["speedup_vs_reference"] = (r["timing"]["median_s"]
                                                         / fused[r["case"]]["timing"]["median_s"])
-    return rows, data_used
 
 
 def _jsonable(value):
@@ -257,12 +266,18 @@ def main(argv=None) -> Path:
     print(f"# bench.meta_train on {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {record['date']}\n# command: {record['command']}\n"
           f"# {ops.describe()}")
-    rows, data_used = benchmark(device, args.cases, args.data, args.data_root, budget, min_samples)
-    record["settings"] = {"budget_s": budget, "min_samples": min_samples, "quick": args.quick,
-                          "data": data_used, "memory": memory.METHOD[device.type],
-                          "learners": "sine: MLP 1-40-40-1; Omniglot: Conv4, 64 filters, padding 1"}
-    record["results"] = rows
-    path = results.write_json(record, args.out or results.default_path(record, args.label))
+    path = args.out or results.default_path(record, args.label)
+
+    def save(rows, data_used, complete=False):
+        record["settings"] = {"budget_s": budget, "min_samples": min_samples, "quick": args.quick,
+                              "data": data_used, "memory": memory.METHOD[device.type],
+                              "learners": "sine: MLP 1-40-40-1; Omniglot: Conv4, 64 filters, padding 1"}
+        record["results"], record["complete"] = rows, complete
+        results.write_json(record, path)
+
+    rows, data_used = benchmark(device, args.cases, args.data, args.data_root, budget, min_samples,
+                                on_progress=save)
+    save(rows, data_used, complete=True)
     print("\n" + results.render(record) + f"\n\nwrote {path}")
     return path
 

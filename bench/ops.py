@@ -64,6 +64,7 @@ class OpSpec:
     shared: Callable[[torch.device, torch.dtype], dict]          # weights, loss: O(1) tensors
     per_coordinate: Callable[[int, torch.device, torch.dtype, torch.Generator], dict]
     call: Callable[[Callable, dict, dict], object]               # (fn, shared, coords) -> outputs
+    output_shapes: Callable[[int], list[tuple[int, ...]]]        # n -> shapes of the outputs
 
     def values_per_coordinate(self, mode: str) -> int:
         forward = self.forward_reads + self.forward_writes
@@ -77,13 +78,14 @@ class OpSpec:
 
 def _randn(n, device, dtype, gen, scale=1.0, cols=None):
     shape = (n,) if cols is None else (n, cols)
-    return (torch.randn(shape, generator=gen, dtype=dtype) * scale).to(device)
+    return torch.randn(shape, generator=gen, device=device, dtype=dtype) * scale
 
 
 def _gradient_like(n, device, dtype, gen):
     """Gradients spanning many magnitudes, so that both branches of the preprocessing run."""
-    magnitude = torch.pow(10.0, torch.empty(n, dtype=dtype).uniform_(-7, 1, generator=gen))
-    return (torch.randn(n, generator=gen, dtype=dtype).sign() * magnitude).to(device)
+    exponent = torch.empty(n, device=device, dtype=dtype).uniform_(-7, 1, generator=gen)
+    sign = torch.randn(n, generator=gen, device=device, dtype=dtype).sign()
+    return sign * torch.pow(10.0, exponent)
 
 
 def _preprocess_spec() -> OpSpec:
@@ -94,7 +96,7 @@ def _preprocess_spec() -> OpSpec:
         forward_flop=3,
         shared=lambda device, dtype: {},
         per_coordinate=lambda n, device, dtype, gen: {"x": _gradient_like(n, device, dtype, gen)},
-        call=lambda fn, s, c: fn(c["x"]))
+        call=lambda fn, s, c: fn(c["x"]), output_shapes=lambda n: [(n, 2)])
 
 
 def meta_lstm_forward_flop(hidden: int, inputs: int) -> int:
@@ -132,7 +134,8 @@ def _meta_lstm_spec(hidden: int = 20, inputs: int = 4) -> OpSpec:
         forward_reads=per_coord_in, forward_writes=per_coord_out,
         backward_reads=per_coord_in + per_coord_out, backward_writes=per_coord_in,
         forward_flop=meta_lstm_forward_flop(hidden, inputs),
-        shared=shared, per_coordinate=per_coordinate, call=call)
+        shared=shared, per_coordinate=per_coordinate, call=call,
+        output_shapes=lambda n: [(n,), (n, hidden), (n, hidden), (n,), (n,)])
 
 
 def turtle_forward_flop(sizes: list[int]) -> int:
@@ -153,7 +156,7 @@ def _turtle_spec(hidden: int = 20, layers: int = 5, step: int = 1) -> OpSpec:
         return {"theta": _randn(n, device, dtype, gen, 0.1),
                 "grad": _randn(n, device, dtype, gen, 1.0),
                 "m": _randn(n, device, dtype, gen, 1.0),
-                "alpha": torch.rand(n, generator=gen, dtype=dtype).to(device)}
+                "alpha": torch.rand(n, generator=gen, device=device, dtype=dtype)}
 
     # step > 0, so that the moving average (and its gradient) is part of the work.
     def call(fn, s, c):
@@ -165,7 +168,8 @@ def _turtle_spec(hidden: int = 20, layers: int = 5, step: int = 1) -> OpSpec:
         # the output gradient itself) and the two output gradients in; four input gradients out.
         forward_reads=4, forward_writes=2, backward_reads=3 + 2, backward_writes=4,
         forward_flop=turtle_forward_flop(sizes),
-        shared=shared, per_coordinate=per_coordinate, call=call)
+        shared=shared, per_coordinate=per_coordinate, call=call,
+        output_shapes=lambda n: [(n,), (n,)])
 
 
 SPECS = {"preprocess": _preprocess_spec, "meta_lstm_step": _meta_lstm_spec,
@@ -255,11 +259,17 @@ def run_case(spec: OpSpec, impl: str, mode: str, fn: Callable, shared: dict, cop
 
 def benchmark(device: torch.device, sizes: list[int], op_names: list[str], impl_names: list[str],
               modes: list[str], dtype: torch.dtype, budget_s: float, warmup_s: float,
-              memory_fraction: float, log=print) -> list[dict]:
+              memory_fraction: float, log=print,
+              on_progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Every measurement as a row; ``on_progress(rows)`` is called after each op, so that a run
+    stopped by a time limit still leaves the finished ops on disk."""
     rows: list[dict] = []
     impls = Implementations()
     cache = last_level_cache_bytes(device)
-    gen = torch.Generator().manual_seed(0)
+    # Inputs are drawn on the device: at 10^8 coordinates a host-side draw would take minutes.
+    gen = torch.Generator(device=device).manual_seed(0)
+    # Fused and eager first: if a time limit cuts the run short, compilation is what is lost.
+    impl_order = [i for i in ("fused", "eager", "compile") if i in impl_names]
     for op in op_names:
         spec = SPECS[op]()
         shared = spec.shared(device, dtype)
@@ -284,14 +294,9 @@ def benchmark(device: torch.device, sizes: list[int], op_names: list[str], impl_
                 backward = mode != "forward"
                 for t in _tensors(shared) + _tensors(copies):
                     t.requires_grad_(backward)
-                grad_outputs = []
-                if backward:
-                    with torch.no_grad():
-                        for c in copies:
-                            out = spec.call(getattr(reference, op), shared, c)
-                            outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
-                            grad_outputs.append([torch.randn_like(o) for o in outs])
-                for impl in impl_names:
+                grad_outputs = [[torch.randn(shape, generator=gen, device=device, dtype=dtype)
+                                 for shape in spec.output_shapes(n)] for _ in copies] if backward else []
+                for impl in impl_order:
                     reason = skip_reason(impl, op, device, impls, mode)
                     if reason:
                         rows.append(_skipped(op, mode, impl, n, "skipped", reason))
@@ -343,6 +348,8 @@ def benchmark(device: torch.device, sizes: list[int], op_names: list[str], impl_
             del copies
             _release(device)
         torch._dynamo.reset()
+        if on_progress:
+            on_progress(rows)
     return rows
 
 
@@ -490,10 +497,16 @@ def main(argv=None) -> Path:
         "memory": memory.METHOD[device.type],
         "bytes_rule": BYTES_RULE, "flop_rule": FLOP_RULE,
     }
-    record["results"] = benchmark(device, sizes, args.ops, args.impls, args.modes, dtype, budget,
-                                  warmup, args.memory_fraction)
-    add_derived(record["results"], record["ceilings"])
-    path = results.write_json(record, args.out or results.default_path(record, args.label))
+    path = args.out or results.default_path(record, args.label)
+
+    def save(rows, complete=False):
+        add_derived(rows, record["ceilings"])
+        record["results"], record["complete"] = rows, complete
+        results.write_json(record, path)
+
+    rows = benchmark(device, sizes, args.ops, args.impls, args.modes, dtype, budget, warmup,
+                     args.memory_fraction, on_progress=save)
+    save(rows, complete=True)
     print("\n" + results.render(record) + f"\n\nwrote {path}")
     return path
 

@@ -46,9 +46,10 @@ def measure(fn: Callable[[int], object], device: torch.device, budget_s: float =
     """Time ``fn(call_index)``.
 
     Warm-up: at least ``warmup_calls`` calls and ``warmup_s`` seconds (JIT compilation, allocator
-    growth and lazy initialisation land here, not in the samples). Then ``calls_per_sample`` is chosen so that one
-    sample lasts at least ``min_sample_s``, and samples are taken until ``budget_s`` is spent
-    (at least ``min_samples``, at most ``max_samples``; a slow call may exceed the budget).
+    growth and lazy initialisation land here, not in the samples). Then ``calls_per_sample`` is
+    chosen so that one sample lasts at least ``min_sample_s``, and samples are taken until
+    ``budget_s`` is spent (at least ``min_samples``, at most ``max_samples``; a slow call may
+    exceed the budget).
     """
     sync = synchronizer(device)
     calls = 0
