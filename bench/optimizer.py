@@ -166,7 +166,7 @@ def main(argv=None) -> Path:
                           "budget_s": budget, "quick": args.quick,
                           "step": "optimizer.step() only, gradients fixed; LSTMOptimizer gets "
                                   "step(loss=...) with a precomputed loss tensor"}
-    record["results"] = rows
+    record["results"], record["complete"] = rows, True
     path = results.write_json(record, args.out or results.default_path(record, args.label))
     print("\n" + results.render(record) + f"\n\nwrote {path}")
     return path

@@ -123,6 +123,8 @@ def render(record: dict) -> str:
         raise ValueError(f"unknown benchmark {record['benchmark']!r}: expected one of {BENCHMARKS}")
     module = importlib.import_module(f"bench.{record['benchmark']}")
     parts = [module.render_markdown(record)]
+    if record.get("complete") is False:
+        parts.append("*Incomplete: the run stopped (time limit or error) before every case ran.*")
     skips = skipped_lines(record)
     if skips:
         parts.append("Not measured:\n" + "\n".join(skips))
