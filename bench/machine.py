@@ -44,6 +44,14 @@ def git_commit() -> str:
         return "unknown (git not available)"
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: a busy machine makes every timing here slower and noisier."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def describe_machine(device: torch.device) -> dict:
     info = {
         "hostname": socket.gethostname(),
@@ -55,6 +63,7 @@ def describe_machine(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_average": load_average(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -69,6 +78,11 @@ def run_header(benchmark: str, device: torch.device, argv: list[str] | None = No
     from learnedopt import ops
     # The equivalent command line, whether the script ran as a file, as -m, or from main(argv).
     argv = sys.argv[1:] if argv is None else list(argv)
+    info = describe_machine(device)
+    load, cores = info["load_average"], len(os.sched_getaffinity(0))
+    if load and load[0] > 0.5 * cores:
+        print(f"# warning: load average {load[0]} on {cores} cores: other processes are running, "
+              f"timings will be slow and noisy", file=sys.stderr)
     return {
         "schema": "learnedopt-bench/1",
         "benchmark": benchmark,
@@ -77,7 +91,7 @@ def run_header(benchmark: str, device: torch.device, argv: list[str] | None = No
         "command": " ".join(shlex.quote(a) for a in ["python3", "-m", f"bench.{benchmark}", *argv]),
         "git_commit": git_commit(),
         "backend": ops.describe(),
-        "machine": describe_machine(device),
+        "machine": info,
     }
 
 

@@ -236,10 +236,117 @@ def skip_reason(impl: str, op: str, device: torch.device, impls: Implementations
     return None
 
 
-def run_case(spec: OpSpec, impl: str, mode: str, fn: Callable, shared: dict, copies: list[dict],
-             grad_outputs: list[list[torch.Tensor]], device: torch.device, budget_s: float,
-             warmup_s: float):
-    """Time one (op, impl, pass) at one size; returns (Timing, peak bytes of one call)."""
+@dataclass
+class Settings:
+    device: torch.device
+    dtype: torch.dtype
+    budget_s: float
+    warmup_s: float
+    min_samples: int
+    memory_fraction: float  # of the free memory a size may be predicted to use
+
+
+class OpBenchmark:
+    """Runs every (op, size, pass, implementation) and returns one row for each, measured or with
+    the reason it was not."""
+
+    def __init__(self, settings: Settings, log=print):
+        self.s, self.log = settings, log
+        self.impls = Implementations()
+        self.cache = last_level_cache_bytes(settings.device)
+        # Inputs are drawn on the device: at 10^8 coordinates a host-side draw would take minutes.
+        self.gen = torch.Generator(device=settings.device).manual_seed(0)
+
+    def run(self, op_names: list[str], sizes: list[int], impl_names: list[str], modes: list[str],
+            on_progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """``on_progress(rows)`` runs after each op, so that a run stopped by a time limit still
+        leaves the finished ops on disk."""
+        rows: list[dict] = []
+        # Fused and eager first: if a time limit cuts the run short, compilation is what is lost.
+        order = [i for i in ("fused", "eager", "compile") if i in impl_names]
+        for op in op_names:
+            spec = SPECS[op]()
+            shared = spec.shared(self.s.device, self.s.dtype)
+            # Peak bytes per coordinate of each (pass, impl) at the previous size, to refuse a size
+            # that cannot fit before trying it.
+            peak_per_coord: dict[tuple[str, str], float] = {}
+            for n in sizes:
+                rows += self._size(spec, shared, n, order, modes, peak_per_coord)
+                _release(self.s.device)
+            torch._dynamo.reset()
+            if on_progress:
+                on_progress(rows)
+        return rows
+
+    def _size(self, spec: OpSpec, shared: dict, n: int, impl_order: list[str], modes: list[str],
+              peak_per_coord: dict) -> list[dict]:
+        s, op = self.s, spec.name
+        element = torch.finfo(s.dtype).bits // 8
+        per_copy = (_nbytes(spec.per_coordinate(1, s.device, s.dtype, self.gen))
+                    + spec.forward_writes * element) * n  # inputs + output gradients
+        n_copies = rotation_copies(per_copy, self.cache)
+        room = memory.available_bytes(s.device)
+        if room is not None and n_copies * per_copy > s.memory_fraction * room:
+            why = (f"inputs need {results.mebibytes(n_copies * per_copy)}, more than "
+                   f"{s.memory_fraction:.0%} of the {results.mebibytes(room)} available")
+            return [_skipped(op, m, i, n, "skipped", why) for m in modes for i in impl_order]
+        copies = [spec.per_coordinate(n, s.device, s.dtype, self.gen) for _ in range(n_copies)]
+        rows = []
+        for mode in modes:
+            backward = mode != "forward"
+            for t in _tensors(shared) + _tensors(copies):
+                t.requires_grad_(backward)
+            grad_outputs = [[torch.randn(shape, generator=self.gen, device=s.device, dtype=s.dtype)
+                             for shape in spec.output_shapes(n)] for _ in copies] if backward else []
+            for impl in impl_order:
+                row = self._one(spec, impl, mode, n, shared, copies, grad_outputs, peak_per_coord)
+                row.update(copies=n_copies, bytes_per_coordinate=spec.values_per_coordinate(mode)
+                           * element, flop_per_coordinate=spec.flop_per_coordinate(mode))
+                rows.append(row)
+                if row["status"] == "ok" and row["peak_bytes"] is not None:
+                    peak_per_coord[(mode, impl)] = max(row["peak_bytes"], per_copy) / n
+        return rows
+
+    def _one(self, spec, impl, mode, n, shared, copies, grad_outputs, peak_per_coord) -> dict:
+        s, op = self.s, spec.name
+        reason = skip_reason(impl, op, s.device, self.impls, mode)
+        if reason:
+            return _skipped(op, mode, impl, n, "skipped", reason)
+        room = memory.available_bytes(s.device)
+        per_coord = peak_per_coord.get((mode, impl))
+        if per_coord is not None and room is not None and per_coord * n * 1.25 > s.memory_fraction * room:
+            return _skipped(op, mode, impl, n, "skipped",
+                            f"one call would need about {results.mebibytes(int(per_coord * n * 1.25))}"
+                            f" (scaled from the previous size), more than {s.memory_fraction:.0%} "
+                            f"of the {results.mebibytes(room)} available")
+        label = f"{op} {mode} {impl} n={n}"
+        try:
+            with ops.use_backend("fused" if impl == "fused" else "reference"):
+                timing, peak = time_call(spec, mode, self.impls.get(impl, op, mode), shared,
+                                         copies, grad_outputs, s)
+        except torch.OutOfMemoryError:
+            _release(s.device)
+            return _skipped(op, mode, impl, n, "skipped", "out of device memory")
+        except Exception as exc:  # one failing case must not lose the others
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = f"{type(exc).__name__}: {first[:300]}"
+            if impl == "compile":
+                reason = self.impls.compile_error[(op, mode)] = f"torch.compile failed: {reason}"
+            self.log(f"  {label}: {reason}")
+            if os.environ.get("BENCH_TRACEBACK"):
+                traceback.print_exc()
+            _release(s.device)
+            return _skipped(op, mode, impl, n, "error", reason)
+        self.log(f"  {label}: {results.spread(timing.as_dict())} "
+                 f"({timing.samples} samples x {timing.calls_per_sample})")
+        return {"op": op, "mode": mode, "impl": impl, "n": n, "status": "ok",
+                "what": f"{op} {mode} {impl}", "timing": timing.as_dict(), "peak_bytes": peak}
+
+
+def time_call(spec: OpSpec, mode: str, fn: Callable, shared: dict, copies: list[dict],
+              grad_outputs: list[list[torch.Tensor]], s: Settings):
+    """Time one (op, implementation, pass) at one size; returns (Timing, peak bytes of one call).
+    Call i uses input copy i mod len(copies); the backward takes the gradient of every input."""
     backward = mode != "forward"
     leaves = [_tensors(shared) + _tensors(c) for c in copies]
 
@@ -251,106 +358,11 @@ def run_case(spec: OpSpec, impl: str, mode: str, fn: Callable, shared: dict, cop
             torch.autograd.grad(outs, leaves[k], grad_outputs[k], allow_unused=True)
 
     call(0)  # first call: compilation and lazy initialisation, kept out of the memory peak
-    with memory.PeakMemory(device) as peak:
+    with memory.PeakMemory(s.device) as peak:
         call(1)
-    timing = measure(call, device, budget_s=budget_s, warmup_s=warmup_s)
+    timing = measure(call, s.device, budget_s=s.budget_s, warmup_s=s.warmup_s,
+                     min_samples=s.min_samples)
     return timing, peak.bytes
-
-
-def benchmark(device: torch.device, sizes: list[int], op_names: list[str], impl_names: list[str],
-              modes: list[str], dtype: torch.dtype, budget_s: float, warmup_s: float,
-              memory_fraction: float, log=print,
-              on_progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Every measurement as a row; ``on_progress(rows)`` is called after each op, so that a run
-    stopped by a time limit still leaves the finished ops on disk."""
-    rows: list[dict] = []
-    impls = Implementations()
-    cache = last_level_cache_bytes(device)
-    # Inputs are drawn on the device: at 10^8 coordinates a host-side draw would take minutes.
-    gen = torch.Generator(device=device).manual_seed(0)
-    # Fused and eager first: if a time limit cuts the run short, compilation is what is lost.
-    impl_order = [i for i in ("fused", "eager", "compile") if i in impl_names]
-    for op in op_names:
-        spec = SPECS[op]()
-        shared = spec.shared(device, dtype)
-        # Peak bytes per coordinate seen at the previous size, to refuse a size that cannot fit.
-        peak_per_coord: dict[tuple[str, str], float] = {}
-        for n in sizes:
-            probe = spec.per_coordinate(1, device, dtype, gen)
-            outputs_per_copy = spec.forward_writes * n * torch.finfo(dtype).bits // 8
-            per_copy = _nbytes(probe) * n + outputs_per_copy  # inputs + output gradients
-            n_copies = rotation_copies(per_copy, cache)
-            room = memory.available_bytes(device)
-            if room is not None and n_copies * per_copy > memory_fraction * room:
-                for mode in modes:
-                    for impl in impl_names:
-                        rows.append(_skipped(op, mode, impl, n, "skipped",
-                                             f"inputs need {results.mebibytes(n_copies * per_copy)}, "
-                                             f"more than {memory_fraction:.0%} of the "
-                                             f"{results.mebibytes(room)} available"))
-                continue
-            copies = [spec.per_coordinate(n, device, dtype, gen) for _ in range(n_copies)]
-            for mode in modes:
-                backward = mode != "forward"
-                for t in _tensors(shared) + _tensors(copies):
-                    t.requires_grad_(backward)
-                grad_outputs = [[torch.randn(shape, generator=gen, device=device, dtype=dtype)
-                                 for shape in spec.output_shapes(n)] for _ in copies] if backward else []
-                for impl in impl_order:
-                    reason = skip_reason(impl, op, device, impls, mode)
-                    if reason:
-                        rows.append(_skipped(op, mode, impl, n, "skipped", reason))
-                        continue
-                    room = memory.available_bytes(device)
-                    per_coord = peak_per_coord.get((mode, impl))
-                    if per_coord is not None and room is not None:
-                        predicted = per_coord * n * 1.25
-                        if predicted > memory_fraction * room:
-                            rows.append(_skipped(op, mode, impl, n, "skipped",
-                                                 f"one call would need about "
-                                                 f"{results.mebibytes(int(predicted))} (scaled from "
-                                                 f"the previous size), more than "
-                                                 f"{memory_fraction:.0%} of the "
-                                                 f"{results.mebibytes(room)} available"))
-                            continue
-                    label = f"{op} {mode} {impl} n={n}"
-                    try:
-                        with ops.use_backend("fused" if impl == "fused" else "reference"):
-                            fn = impls.get(impl, op, mode)
-                            timing, peak = run_case(spec, impl, mode, fn, shared, copies,
-                                                    grad_outputs, device, budget_s, warmup_s)
-                    except torch.OutOfMemoryError:
-                        rows.append(_skipped(op, mode, impl, n, "skipped", "out of device memory"))
-                        _release(device)
-                        continue
-                    except Exception as exc:  # one failing case must not lose the others
-                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                        reason = f"{type(exc).__name__}: {first[:300]}"
-                        if impl == "compile":
-                            impls.compile_error[(op, mode)] = f"torch.compile failed: {reason}"
-                            reason = impls.compile_error[(op, mode)]
-                        log(f"  {label}: {reason}")
-                        if os.environ.get("BENCH_TRACEBACK"):
-                            traceback.print_exc()
-                        rows.append(_skipped(op, mode, impl, n, "error", reason))
-                        _release(device)
-                        continue
-                    if peak is not None:
-                        peak_per_coord[(mode, impl)] = max(peak, per_copy) / n
-                    rows.append({"op": op, "mode": mode, "impl": impl, "n": n, "status": "ok",
-                                 "what": f"{op} {mode} {impl}", "timing": timing.as_dict(),
-                                 "peak_bytes": peak, "copies": n_copies,
-                                 "bytes_per_coordinate": spec.values_per_coordinate(mode)
-                                 * torch.finfo(dtype).bits // 8,
-                                 "flop_per_coordinate": spec.flop_per_coordinate(mode)})
-                    log(f"  {label}: {results.spread(timing.as_dict())} "
-                        f"({timing.samples} samples x {timing.calls_per_sample})")
-            del copies
-            _release(device)
-        torch._dynamo.reset()
-        if on_progress:
-            on_progress(rows)
-    return rows
 
 
 def _skipped(op, mode, impl, n, status, reason) -> dict:
@@ -479,6 +491,7 @@ def main(argv=None) -> Path:
     sizes = args.sizes or [10 ** k for k in range(3, top + 1)]
     budget = args.budget or (0.2 if args.quick else 1.0)
     warmup = 0.05 if args.quick else 0.2
+    min_samples = 3 if args.quick else 5
 
     record = machine.run_header("ops", device, argv)
     record["label"] = args.label
@@ -488,6 +501,7 @@ def main(argv=None) -> Path:
     record["ceilings"] = machine.measure_ceilings(device, args.quick)
     record["settings"] = {
         "sizes": sizes, "dtype": args.dtype, "budget_s": budget, "warmup_s": warmup,
+        "min_samples": min_samples,
         "quick": args.quick, "ops": args.ops, "impls": args.impls, "modes": args.modes,
         "shapes": {op: SPECS[op]().shape for op in args.ops},
         "compile": "torch.compile(reference.<op>, dynamic=True), default inductor backend",
@@ -504,8 +518,8 @@ def main(argv=None) -> Path:
         record["results"], record["complete"] = rows, complete
         results.write_json(record, path)
 
-    rows = benchmark(device, sizes, args.ops, args.impls, args.modes, dtype, budget, warmup,
-                     args.memory_fraction, on_progress=save)
+    settings = Settings(device, dtype, budget, warmup, min_samples, args.memory_fraction)
+    rows = OpBenchmark(settings).run(args.ops, sizes, args.impls, args.modes, on_progress=save)
     save(rows, complete=True)
     print("\n" + results.render(record) + f"\n\nwrote {path}")
     return path

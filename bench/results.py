@@ -96,8 +96,9 @@ def machine_line(record: dict) -> str:
     where = m["gpu_model"] or m["cpu_model"]
     cuda = f", CUDA {m['cuda']}" if m.get("cuda") and record["device"] == "cuda" else ""
     label = f" — **{record['label']}**" if record.get("label") else ""
-    return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads), torch {m['torch']}"
-            f"{cuda}; {record['date']}, commit {_short_commit(record['git_commit'])}{label}")
+    load = f", load average {m['load_average'][0]} at the start" if m.get("load_average") else ""
+    return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads{load}), "
+            f"torch {m['torch']}{cuda}; {record['date']}, commit {_short_commit(record['git_commit'])}{label}")
 
 
 def _short_commit(commit: str) -> str:
