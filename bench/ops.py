@@ -360,8 +360,9 @@ def time_call(spec: OpSpec, mode: str, fn: Callable, shared: dict, copies: list[
     call(0)  # first call: compilation and lazy initialisation, kept out of the memory peak
     with memory.PeakMemory(s.device) as peak:
         call(1)
+    # The two calls above already warmed up, so one more suffices before the samples.
     timing = measure(call, s.device, budget_s=s.budget_s, warmup_s=s.warmup_s,
-                     min_samples=s.min_samples)
+                     min_samples=s.min_samples, warmup_calls=1)
     return timing, peak.bytes
 
 
