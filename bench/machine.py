@@ -52,6 +52,27 @@ def load_average() -> list[float] | None:
         return None
 
 
+def setup_device(name: str, threads: int | None) -> torch.device:
+    """The device to benchmark, with torch's CPU thread count set (default: every usable core)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r}: expected cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: expected cpu or cuda")
+    torch.set_num_threads(threads or usable_cores())
+    return device
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def describe_machine(device: torch.device) -> dict:
     info = {
         "hostname": socket.gethostname(),
@@ -79,7 +100,7 @@ def run_header(benchmark: str, device: torch.device, argv: list[str] | None = No
     # The equivalent command line, whether the script ran as a file, as -m, or from main(argv).
     argv = sys.argv[1:] if argv is None else list(argv)
     info = describe_machine(device)
-    load, cores = info["load_average"], len(os.sched_getaffinity(0))
+    load, cores = info["load_average"], usable_cores()
     if load and load[0] > 0.5 * cores:
         print(f"# warning: load average {load[0]} on {cores} cores: other processes are running, "
               f"timings will be slow and noisy", file=sys.stderr)

@@ -256,9 +256,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> Path:
-    from bench.ops import setup_device
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
+    device = machine.setup_device(args.device, args.threads)
     budget = args.budget or (2.0 if args.quick else 10.0)
     min_samples = 3 if args.quick else 5
     record = machine.run_header("meta_train", device, argv)

@@ -474,19 +474,9 @@ def _subset(parser, flag, text, allowed):
     return chosen
 
 
-def setup_device(name: str, threads: int | None) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"--device {name}: expected cpu or cuda")
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-    return device
-
-
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
+    device = machine.setup_device(args.device, args.threads)
     dtype = getattr(torch, args.dtype)
     top = 6 if args.quick else (8 if device.type == "cuda" else 7)
     sizes = args.sizes or [10 ** k for k in range(3, top + 1)]
@@ -506,7 +496,8 @@ def main(argv=None) -> Path:
         "quick": args.quick, "ops": args.ops, "impls": args.impls, "modes": args.modes,
         "shapes": {op: SPECS[op]().shape for op in args.ops},
         "compile": "torch.compile(reference.<op>, dynamic=True), default inductor backend",
-        "fused": "learnedopt.ops.<op> with set_backend('fused')",
+        "fused": "learnedopt.ops.<op> with set_backend('fused') (the public path: the wrapper's "
+                 "argument checks are part of the time)",
         "timing": "samples of back-to-back calls closed by a device sync; inputs rotated over "
                   "copies cycling through 2x the last-level cache (at most 64 copies)",
         "memory": memory.METHOD[device.type],

@@ -150,9 +150,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> Path:
-    from bench.ops import setup_device
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
+    device = machine.setup_device(args.device, args.threads)
     width = args.width or (1024 if device.type == "cuda" else (128 if args.quick else 256))
     budget = args.budget or (0.5 if args.quick else 2.0)
     record = machine.run_header("optimizer", device, argv)

@@ -249,3 +249,8 @@ def test_load_json_refuses_other_files(tmp_path):
     bad.write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match="not a learnedopt benchmark result"):
         results.load_json(bad)
+
+
+def test_an_unknown_device_is_refused_clearly():
+    with pytest.raises(SystemExit, match="expected cpu or cuda"):
+        bench_ops.main(["--device", "tpu", "--sizes", "1000"])
