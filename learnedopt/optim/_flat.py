@@ -169,9 +169,6 @@ class FlatGroup:
 def _check_params(params: list[Tensor], where: str) -> None:
     if not params:
         raise ValueError(f"{where}: the group has no parameters")
-    if len({id(p) for p in params}) != len(params):
-        raise ValueError(f"{where}: a parameter appears twice in the group (tied weights: pass "
-                         f"each tensor once)")
     first = params[0]
     for k, p in enumerate(params):
         if p.dtype not in SUPPORTED_DTYPES:
@@ -213,7 +210,12 @@ class FlatOptimizer(torch.optim.Optimizer):
         return f"{type(self).__name__} param group {index}"
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"{self._where(len(self.param_groups))}: a parameter appears twice in "
+                             f"the group (tied weights: pass each tensor once)")
+        super().add_param_group({**param_group, "params": params})
         index = len(self.param_groups) - 1
         group = self.param_groups[index]
         where = self._where(index)

@@ -24,9 +24,7 @@ from __future__ import annotations
 import io
 import math
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +75,7 @@ def load_rule(path_or_name: str | os.PathLike) -> dict[str, Any]:
     path = resolve(path_or_name)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in the unpickler
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PretrainedError(f"{str(path)!r} is not a readable learnedopt file (corrupt, truncated, "
                               f"or not written by torch.save): {first}") from exc
@@ -128,7 +126,7 @@ def build_rule(data: dict[str, Any], source: str = "rule file") -> nn.Module | N
         rule.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as exc:
         raise PretrainedError(f"{source!r}: the {kind} weights do not match its config "
-                              f"{data['config']}: {exc}") from exc
+                              f"{data['config']}: {' '.join(str(exc).split())}") from exc
     return rule.requires_grad_(False)
 
 
