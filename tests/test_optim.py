@@ -594,3 +594,17 @@ def test_bad_files_are_rejected_clearly(tmp_path):
     with pytest.raises(PretrainedError, match="unknown rule kind"):
         load_rule(_save(tmp_path / "kind.pt", {"format": "learnedopt-rule/1", "kind": "adam",
                                                 "config": {}, "state_dict": {}}))
+
+
+def test_export_rule_command_and_shipped_names(tmp_path, monkeypatch, capsys):
+    from learnedopt.optim import __main__ as command
+    from learnedopt.optim import pretrained
+    ckpt = _save(tmp_path / "ckpt.pt", fake_checkpoint("metasgd", None, torch.full((4,), 0.3)))
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "shipped")
+    assert command.main(["export-rule", str(ckpt), str(tmp_path / "shipped" / "sgd-test.pt")]) == 0
+    assert "kind=metasgd" in capsys.readouterr().out
+    assert pretrained.shipped_rules() == ["sgd-test"]
+    opt = MetaSGD.from_pretrained("sgd-test", [nn.Parameter(torch.ones(2))])
+    assert opt.param_groups[0]["alpha"] == pytest.approx(0.3)
+    assert command.main(["show", str(tmp_path / "nothing.pt")]) == 2
+    assert "neither a file nor the name" in capsys.readouterr().err

@@ -31,7 +31,8 @@ class TurtleOptimizer(FlatOptimizer):
     ``t`` is the number of steps the group has taken. g_phi saw only t < T during meta-training
     (T inner steps), so ``max_t`` caps the t it is fed (``from_pretrained`` sets T - 1 when the
     file records T); the moving average still starts at g_0 on the first step only. A parameter
-    that was skipped (no gradient) keeps its m, but the group's t advances.
+    that was skipped (no gradient) keeps its m while the group's t advances, and one whose first
+    gradient comes after the group's first step starts its average from m = 0, not from g.
 
     Per-coordinate state, in :meth:`state_dict` per parameter: ``m`` and ``alpha`` (shape
     ``p.shape``), plus ``step`` (the group's t).
