@@ -128,19 +128,21 @@ def test_lstm_step_is_the_rule_on_the_flat_vector():
 def test_turtle_and_metasgd_steps_are_the_rule_on_the_flat_vector():
     model = mlp()
     x, y = regression_data()
-    rule = TurtleRule(grad_clamp=10.0)
-    turtle = TurtleOptimizer(model.parameters(), rule=rule, alpha=0.05, max_t=2)
-    theta, m = flat_params(model), None
-    alpha = torch.full_like(theta, 0.05)
-    for t in range(4):
-        loss = mse(model, x, y)
-        loss.backward()
-        grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-        theta, m = reference.turtle_step(theta, grad, m if m is not None else grad, min(t, 2), alpha,
-                                         list(rule.weights), list(rule.biases), 0.9, 10.0)
-        turtle.step()
-        turtle.zero_grad()
-        torch.testing.assert_close(flat_params(model), theta.detach())
+    for rule in (TurtleRule(), sgd_turtle_rule()):  # random; and u = -m, which exposes m
+        model = mlp()
+        turtle = TurtleOptimizer(model.parameters(), rule=rule, alpha=0.3, max_t=2)
+        theta, m = flat_params(model), None
+        alpha = torch.full_like(theta, 0.3)
+        for t in range(4):
+            loss = mse(model, x, y)
+            loss.backward()
+            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            theta, m = reference.turtle_step(theta, grad, m if m is not None else grad, min(t, 2),
+                                             alpha, list(rule.weights), list(rule.biases), 0.9,
+                                             math.inf)
+            turtle.step()
+            turtle.zero_grad()
+            torch.testing.assert_close(flat_params(model), theta.detach(), rtol=1e-6, atol=1e-7)
 
     model = mlp()
     sgd = MetaSGD(model.parameters(), lr=0.5, alpha=0.2)

@@ -120,12 +120,17 @@ class FlatGroup:
                 p.grad = None
             self.expected = [None] * len(self.params)
         else:
-            # Like torch.optim: a gradient that is None stays None; any other gradient becomes
-            # zero, which re-attaching the (zeroed) view achieves without touching the old tensor.
-            for k, (p, g) in enumerate(zip(self.params, map(_grad_of, self.params))):
-                if g is not None and g is not self.grad_views[k]:
-                    p.grad = self.grad_views[k]
-                    self.expected[k] = self.grad_views[k]
+            grads = list(map(_grad_of, self.params))
+            if not all(map(operator.is_, grads, self.expected)):
+                # Like torch.optim: a gradient that is None stays None; any other becomes zero,
+                # which re-attaching the (zeroed) view achieves without touching the old tensor.
+                for k, (p, g) in enumerate(zip(self.params, grads)):
+                    if g is None:
+                        self.expected[k] = None
+                    else:
+                        if g is not self.grad_views[k]:
+                            p.grad = self.grad_views[k]
+                        self.expected[k] = self.grad_views[k]
         self.grad.zero_()
         self._rebuild_mask()
 
@@ -155,11 +160,16 @@ class FlatGroup:
     # -- masked updates ------------------------------------------------------------------------
 
     def keep_skipped(self, new: Tensor, old: Tensor) -> Tensor:
-        """``new`` where the parameter has a gradient, ``old`` where it is skipped."""
-        if self.mask is None:
-            return new
-        mask = self.mask.view(-1, *([1] * (new.dim() - 1)))
-        return torch.where(mask, new, old)
+        """The next state buffer: ``new`` where the parameter has a gradient, ``old`` where it is
+        skipped. Never an alias of the parameter or gradient buffer, which change in place: the
+        reference TURTLE step, for one, returns the gradient itself as m_0 = g_0."""
+        if self.mask is not None:
+            return torch.where(self.mask.view(-1, *([1] * (new.dim() - 1))), new, old)
+        storage = new.untyped_storage().data_ptr()
+        if storage in (self.grad.untyped_storage().data_ptr(),
+                       self.param.untyped_storage().data_ptr()):
+            return new.clone()
+        return new
 
     def apply_update(self, theta_new: Tensor, lr: float) -> None:
         """theta <- theta + lr * (theta_new - theta), in place; skipped parameters keep theta."""
