@@ -304,11 +304,13 @@ class FlatOptimizer(torch.optim.Optimizer):
                 closure_loss = closure()
             if loss is None:
                 loss = closure_loss
-        if self._needs_loss() and loss is None:
-            raise ValueError(
-                f"{type(self).__name__}.step: this rule reads the loss; pass it as "
-                f"step(loss=loss) or give a closure that returns it")
-        loss_tensor = _as_loss(loss, type(self).__name__) if loss is not None else None
+        loss_tensor = None
+        if self._needs_loss():
+            if loss is None:
+                raise ValueError(
+                    f"{type(self).__name__}.step: this rule reads the loss; pass it as "
+                    f"step(loss=loss) or give a closure that returns it")
+            loss_tensor = _as_loss(loss, type(self).__name__)
         for index, (flat, group) in enumerate(zip(self._flat, self.param_groups)):
             group["lr"] = check_lr(group["lr"], self._where(index))
             if not flat.adopt_gradients():
