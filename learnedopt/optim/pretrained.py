@@ -190,7 +190,7 @@ def rule_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint")
             raise PretrainedError(f"{source!r}: the {algorithm} state_dict lacks {absent}")
         data["config"] = {"input_size": int(rule_state["w_ih"].shape[1]),
                           "hidden_size": int(rule_state["w_hh"].shape[1]),
-                          "p": float(_option(options, ("p", "preprocess_p"), 10.0)),
+                          "p": float(_option(options, ("preprocess_p", "p"), 10.0)),
                           "log_eps": float(_option(options, ("log_eps",), 0.0)),
                           "strict": bool(_option(options, ("strict",), False))}
     elif kind == "turtle":
@@ -198,13 +198,16 @@ def rule_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint")
         if layers == 0 or "weights.0" not in rule_state:
             raise PretrainedError(f"{source!r}: the turtle state_dict has no 'rule.weights.*'")
         steps = _train_steps(options)
-        # SPEC §3: the authors clamp the gradient at 10 when T > 1.
-        default_clamp = 10.0 if steps is not None and steps > 1 else math.inf
+        # The clamp applies only when T > 1 (the authors' code); "grad_clamp": None means none,
+        # and a checkpoint that does not say gets SPEC §3's 10.
+        clamp = _option(options, ("grad_clamp",), 10.0)
+        if clamp is None or steps is None or steps <= 1:
+            clamp = math.inf
         data["config"] = {"hidden_size": int(rule_state["weights.0"].shape[0]),
                           "num_hidden_layers": layers - 1,
                           "use_t": int(rule_state["weights.0"].shape[1]) == 3,
                           "beta": float(_option(options, ("beta",), 0.9)),
-                          "grad_clamp": float(_option(options, ("grad_clamp",), default_clamp))}
+                          "grad_clamp": float(clamp)}
         if steps is not None and steps > 1:
             data["max_t"] = steps - 1
     if kind != "metasgd":
