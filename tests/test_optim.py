@@ -3,7 +3,6 @@ machinery, rule files and from_pretrained, backends and the O(1)-launch claim.""
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 

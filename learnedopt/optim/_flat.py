@@ -15,12 +15,15 @@ re-attach the view.
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import operator
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
+
+from learnedopt.optim import pretrained
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _grad_of = operator.attrgetter("grad")
@@ -203,14 +206,22 @@ def check_lr(lr: Any, where: str) -> float:
     return lr
 
 
+def check_alpha(alpha: Any, where: str) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
+        raise ValueError(f"{where}: alpha (the initial per-coordinate step size) must be a finite "
+                         f"number, got {alpha!r}")
+    return float(alpha)
+
+
 class FlatOptimizer(torch.optim.Optimizer):
     """Base of the learned optimizers: flat buffers per group, torch.optim-compatible API.
 
-    Subclasses define ``STATE`` (name -> trailing dims of a per-coordinate state buffer), fill
-    new groups' state in :meth:`_init_state` and compute a group's step in :meth:`_step_group`.
+    Subclasses name the rule kind they load (``KIND``), fill a new group's per-coordinate state
+    in :meth:`_init_state`, compute a group's step in :meth:`_step_group`, and say which
+    constructor arguments a rule file implies in :meth:`_kwargs_from_rule`.
     """
 
-    STATE: dict[str, tuple[int, ...]] = {}
+    KIND: str = ""
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]):
         self._flat: list[FlatGroup] = []
@@ -250,8 +261,6 @@ class FlatOptimizer(torch.optim.Optimizer):
     def _needs_loss(self) -> bool:
         return False
 
-    KIND: str = ""
-
     @classmethod
     def _kwargs_from_rule(cls, rule_file: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -267,7 +276,6 @@ class FlatOptimizer(torch.optim.Optimizer):
         ``alpha`` may also be "mean" or "median" of the learned step sizes. Files are loaded with
         ``torch.load(weights_only=True)``.
         """
-        from learnedopt.optim import pretrained
         rule_file = pretrained.load_rule(path_or_name)
         if rule_file["kind"] != cls.KIND:
             owner = {"metalstm": "LSTMOptimizer", "turtle": "TurtleOptimizer",

@@ -9,6 +9,7 @@ from torch import Tensor
 from learnedopt import ops
 from learnedopt.optim._flat import FlatGroup, FlatOptimizer
 from learnedopt.optim._rule_cache import RuleTensors
+from learnedopt.optim.pretrained import build_rule
 from learnedopt.rules import MetaLSTMRule
 
 
@@ -71,5 +72,4 @@ class LSTMOptimizer(FlatOptimizer):
 
     @classmethod
     def _kwargs_from_rule(cls, rule_file: dict[str, Any]) -> dict[str, Any]:
-        from learnedopt.optim.pretrained import build_rule
         return {"rule": build_rule(rule_file)}

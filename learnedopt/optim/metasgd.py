@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Iterable
 
 from torch import Tensor
 
-from learnedopt.optim._flat import FlatGroup, FlatOptimizer
+from learnedopt.optim._flat import FlatGroup, FlatOptimizer, check_alpha
+from learnedopt.optim.pretrained import alpha_init
 
 
 class MetaSGD(FlatOptimizer):
@@ -33,9 +32,7 @@ class MetaSGD(FlatOptimizer):
 
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         super()._check_group(group, where)
-        alpha = group["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
-            raise ValueError(f"{where}: alpha must be a finite number, got {alpha!r}")
+        group["alpha"] = check_alpha(group["alpha"], where)
 
     def _init_state(self, flat: FlatGroup, group: dict[str, Any]) -> None:
         flat.state = {"alpha": flat.new_state(fill=float(group["alpha"]))}
@@ -46,5 +43,4 @@ class MetaSGD(FlatOptimizer):
 
     @classmethod
     def _kwargs_from_rule(cls, rule_file: dict[str, Any]) -> dict[str, Any]:
-        from learnedopt.optim.pretrained import alpha_init
         return {"alpha": alpha_init(rule_file, "median")}

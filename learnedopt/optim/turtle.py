@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any, Iterable
 
 from torch import Tensor
 
 from learnedopt import ops
-from learnedopt.optim._flat import FlatGroup, FlatOptimizer
+from learnedopt.optim._flat import FlatGroup, FlatOptimizer, check_alpha
 from learnedopt.optim._rule_cache import RuleTensors
+from learnedopt.optim.pretrained import alpha_init, build_rule
 from learnedopt.rules import TurtleRule
 
 
@@ -63,9 +63,7 @@ class TurtleOptimizer(FlatOptimizer):
 
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         super()._check_group(group, where)
-        alpha = group["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
-            raise ValueError(f"{where}: alpha must be a finite number, got {alpha!r}")
+        group["alpha"] = check_alpha(group["alpha"], where)
         clamp = group["grad_clamp"]
         if clamp is not None and (isinstance(clamp, bool) or not isinstance(clamp, numbers.Real)
                                   or not clamp > 0):
@@ -93,7 +91,6 @@ class TurtleOptimizer(FlatOptimizer):
 
     @classmethod
     def _kwargs_from_rule(cls, rule_file: dict[str, Any]) -> dict[str, Any]:
-        from learnedopt.optim.pretrained import alpha_init, build_rule
         kwargs = {"rule": build_rule(rule_file), "alpha": alpha_init(rule_file, "median")}
         if rule_file.get("max_t") is not None:
             kwargs["max_t"] = int(rule_file["max_t"])
