@@ -243,6 +243,13 @@ def test_lstm_needs_the_loss_unless_its_rule_reads_the_raw_gradient():
         opt.step()
     with pytest.raises(ValueError, match="scalar"):
         opt.step(loss=torch.ones(2))
+    # A number is as good as a tensor.
+    twin = mlp()
+    twin_opt = LSTMOptimizer(twin.parameters(), rule=opt.rule)
+    mse(twin, x, y).backward()
+    opt.step(loss=torch.tensor(1.5))
+    twin_opt.step(loss=1.5)
+    assert torch.equal(flat_params(model), flat_params(twin))
     enhanced = LSTMOptimizer(model.parameters(), rule=MetaLSTMRule(input_size=1))
     before = flat_params(model)
     enhanced.step()
@@ -404,14 +411,21 @@ def test_float64_parameters_run_in_float64():
 
 # -- backends -----------------------------------------------------------------------------------------
 
-def _trajectory(cls, device, backend, dtype, steps=50):
+def _trajectory(cls, device, backend, dtype, steps=50, forbid_sync=False):
     x, y = regression_data(dtype=dtype)
+    x, y = x.to(device), y.to(device)
     model = mlp(dtype=dtype).to(device)
     opt = make_optimizer(cls, model.parameters())
     if isinstance(getattr(opt, "rule", None), nn.Module):
-        opt.rule.to(device)
-    with ops.use_backend(backend):
-        train(model, opt, steps, x.to(device), y.to(device))
+        opt.rule.to(device=device, dtype=dtype)
+    if forbid_sync:  # any host synchronisation in the training loop (the steps included) raises
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with ops.use_backend(backend):
+            train(model, opt, steps, x, y)
+    finally:
+        if forbid_sync:
+            torch.cuda.set_sync_debug_mode("default")
     return flat_params(model).cpu()
 
 
@@ -437,11 +451,7 @@ def test_fused_cuda_matches_the_cpu_reference_without_host_sync(cls, op):
     if not ops.available("cuda", op):
         pytest.skip(f"no fused CUDA kernel of {op} in this build")
     ref = _trajectory(cls, "cpu", "reference", torch.float64)
-    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation inside step raises
-    try:
-        fused = _trajectory(cls, "cuda", "fused", torch.float64)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    fused = _trajectory(cls, "cuda", "fused", torch.float64, forbid_sync=True)
     torch.testing.assert_close(fused, ref, rtol=1e-9, atol=1e-10)
 
 

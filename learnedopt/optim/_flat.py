@@ -147,8 +147,19 @@ class FlatGroup:
         if all(active):
             self.mask = None
             return
-        sizes = torch.tensor([b - a for a, b in zip(self.bounds, self.bounds[1:])])
-        self.mask = torch.repeat_interleave(torch.tensor(active), sizes).to(self.device)
+        # Filled on the device, one run of consecutive active parameters at a time: a host-built
+        # mask would need a host-to-device copy, which synchronises with pageable memory.
+        self.mask = torch.zeros(self.numel, dtype=torch.bool, device=self.device)
+        k = 0
+        while k < len(active):
+            if not active[k]:
+                k += 1
+                continue
+            end = k
+            while end < len(active) and active[end]:
+                end += 1
+            self.mask[self.bounds[k]:self.bounds[end]] = True
+            k = end
 
     def check_storage(self) -> None:
         if list(map(Tensor.data_ptr, self.params)) != self.data_ptrs:
@@ -324,7 +335,9 @@ class FlatOptimizer(torch.optim.Optimizer):
             if not flat.adopt_gradients():
                 continue
             group_loss = None
-            if loss_tensor is not None:
+            if isinstance(loss_tensor, float):  # made on the device: no host-to-device copy
+                group_loss = flat.param.new_full((), loss_tensor)
+            elif loss_tensor is not None:
                 group_loss = loss_tensor.to(device=flat.device, dtype=flat.dtype)
             self._step_group(flat, group, group_loss)
             flat.step += 1
@@ -412,8 +425,9 @@ def flat_state_shapes(flat: FlatGroup) -> dict[str, tuple[int, ...]]:
     return {name: tuple(buffer.shape[1:]) for name, buffer in flat.state.items()}
 
 
-def _as_loss(loss: Any, owner: str) -> Tensor:
-    """The loss as a detached 0-d tensor, without reading its value (no host synchronisation)."""
+def _as_loss(loss: Any, owner: str) -> Tensor | float:
+    """The loss as a detached 0-d tensor, without reading its value (no host synchronisation),
+    or as a float when it was given as a number."""
     if isinstance(loss, Tensor):
         if loss.numel() != 1:
             raise ValueError(f"{owner}.step: the loss must be a scalar, got shape {tuple(loss.shape)}")
@@ -421,5 +435,5 @@ def _as_loss(loss: Any, owner: str) -> Tensor:
             raise TypeError(f"{owner}.step: the loss must be a floating-point tensor, got {loss.dtype}")
         return loss.detach().reshape(())
     if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
-        return torch.tensor(float(loss))
+        return float(loss)
     raise TypeError(f"{owner}.step: the loss must be a tensor or a number, got {type(loss).__name__}")
