@@ -619,3 +619,30 @@ def test_export_rule_command_and_shipped_names(tmp_path, monkeypatch, capsys):
     assert opt.param_groups[0]["alpha"] == pytest.approx(0.3)
     assert command.main(["show", str(tmp_path / "nothing.pt")]) == 2
     assert "neither a file nor the name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algorithm,cls", [("turtle", TurtleOptimizer), ("metasgd", MetaSGD),
+                                           ("metalstm", LSTMOptimizer),
+                                           ("enhanced-lstm", LSTMOptimizer)])
+def test_checkpoints_of_the_real_algorithms_load(algorithm, cls, tmp_path):
+    """Guards the layout contract with learnedopt.algorithms ("rule.*", "alpha", options names)."""
+    algorithms = pytest.importorskip("learnedopt.algorithms")
+    learners = pytest.importorskip("learnedopt.learners")
+    if not hasattr(algorithms, "build_algorithm") or not hasattr(learners, "MLP"):
+        pytest.skip("learnedopt.algorithms / learners are not in this tree yet")
+    torch.manual_seed(0)
+    algo = algorithms.build_algorithm(algorithm, learners.MLP())
+    checkpoint = {"format": "learnedopt-checkpoint/1", "algorithm": algorithm,
+                  "options": algo.options(), "state_dict": algo.state_dict(), "iteration": 0}
+    model = mlp()
+    opt = cls.from_pretrained(_save(tmp_path / "ckpt.pt", checkpoint), model.parameters())
+    if hasattr(algo, "rule"):
+        for name, value in algo.rule.state_dict().items():
+            assert torch.equal(opt.rule.state_dict()[name], value), name
+        assert opt.rule.config() == algo.rule.config() | (
+            {"grad_clamp": 10.0} if algorithm == "turtle" else {})
+    if hasattr(algo, "alpha"):
+        assert opt.param_groups[0]["alpha"] == pytest.approx(algo.alpha.detach().median().item())
+    x, y = regression_data()
+    train(model, opt, 2, x, y, style="closure")
+    assert torch.isfinite(flat_params(model)).all()
