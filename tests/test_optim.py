@@ -458,7 +458,8 @@ def test_fused_cuda_matches_the_cpu_reference_without_host_sync(cls, op):
 # -- O(1) launches ----------------------------------------------------------------------------------
 
 def _ops_per_step(cls, num_tensors, device="cpu"):
-    """Profiler events (ATen ops and fused ops, and on CUDA the kernels) of one optimizer step."""
+    """Profiler events (ATen ops and fused ops, and on CUDA the kernels) of one optimizer step
+    and zero_grad."""
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(7, device=device)) for _ in range(num_tensors)]
     opt = make_optimizer(cls, params)
@@ -479,6 +480,7 @@ def _ops_per_step(cls, num_tensors, device="cpu"):
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         opt.step(loss=loss)
+        opt.zero_grad()
         if device == "cuda":
             torch.cuda.synchronize()
     events = prof.events()
