@@ -205,20 +205,22 @@ def sample_flat(pool: ClassPool, batch_size: int, generator: torch.Generator
 
 
 def check_episode_shape(pool: ClassPool, ways: int, shots: int, queries: int,
-                        within_group: bool = False) -> None:
+                        within_group: bool = False, split: str = "") -> None:
+    """Raise a ValueError naming the problem when ``pool`` cannot serve these episodes."""
+    where = f"the {split!r} split" if split else "the split"
     if ways < 1 or shots < 1 or queries < 0:
         raise ValueError(f"need ways >= 1, shots >= 1, queries >= 0; got ways={ways}, "
                          f"shots={shots}, queries={queries}")
     if ways > pool.num_classes:
-        raise ValueError(f"{ways}-way episodes need at least {ways} classes, the split has "
+        raise ValueError(f"{ways}-way episodes need at least {ways} classes, {where} has "
                          f"{pool.num_classes}")
     if shots + queries > pool.min_count:
         raise ValueError(f"shots + queries = {shots + queries} images per class, but the "
-                         f"smallest class of the split has only {pool.min_count}")
+                         f"smallest class of {where} has only {pool.min_count}")
     if within_group:
         if pool.class_group is None:
             raise ValueError("within-group episodes need class groups (e.g. Omniglot alphabets)")
         sizes = torch.bincount(pool.class_group)
         if int(sizes.max()) < ways:
-            raise ValueError(f"within-group {ways}-way episodes: no group has {ways} classes "
-                             f"(largest has {int(sizes.max())})")
+            raise ValueError(f"within-group {ways}-way episodes: no group of {where} has {ways} "
+                             f"classes (largest has {int(sizes.max())})")

@@ -181,7 +181,8 @@ class OmniglotTasks:
                  train_characters: int = 1200, val_characters: int | None = None,
                  split_seed: int = 1, background: str = "images_background",
                  within_alphabet: bool = False, cache_dir: str | Path | None = None,
-                 device: str | torch.device = "cpu", workers: int | None = None):
+                 use_cache: bool = True, device: str | torch.device = "cpu",
+                 workers: int | None = None):
         if split not in SPLIT_SCHEMES:
             raise ValueError(f"Omniglot: split must be one of {SPLIT_SCHEMES}, got {split!r}")
         if background not in BACKGROUND_SETS:
@@ -205,7 +206,7 @@ class OmniglotTasks:
         self.device = torch.device(device)
 
         set_names = [background if split == "lake" else "images_background", EVALUATION_SET]
-        sets = [load_omniglot_set(self.data_root, n, image_size, cache_dir, workers)
+        sets = [load_omniglot_set(self.data_root, n, image_size, cache_dir, workers, use_cache)
                 for n in set_names]
         full, index_of = _pool_of_sets(sets)
         per_split = self._split_characters(sets, index_of)
@@ -216,9 +217,10 @@ class OmniglotTasks:
             classes = [4 * index_of[c] + r for c, r in entries]
             self._pools[name] = full.subset(classes).to(self.device)
         self.num_classes = ways
-        # Fail at construction, not at the first sample, when the protocol cannot be served.
-        for name, pool in self._pools.items():
-            episodes.check_episode_shape(pool, ways, shots, queries, within_alphabet)
+        # Training fails at construction; val/test when first asked for (a split may be too small
+        # for the training protocol yet never be evaluated).
+        self._checked: set[str] = set()
+        self.pool("train")
 
     def _split_characters(self, sets: list[OmniglotSet], index_of: dict[str, int]
                           ) -> dict[str, list[tuple[str, int]]]:
@@ -265,10 +267,15 @@ class OmniglotTasks:
         if split not in self._pools:
             raise ValueError(f"Omniglot: the {self.split!r} split has no {split!r} classes "
                              f"(set val_characters > 0 to hold some out)")
-        return self._pools[split]
+        pool = self._pools[split]
+        if split not in self._checked:
+            episodes.check_episode_shape(pool, self.ways, self.shots, self.queries,
+                                         self.within_alphabet, split)
+            self._checked.add(split)
+        return pool
 
     def num_split_classes(self, split: str) -> int:
-        return self.pool(split).num_classes if split in self._pools else 0
+        return self._pools[split].num_classes if split in self._pools else 0
 
     def config(self) -> dict:
         return {"task": "omniglot", "split": self.split, "image_size": self.image_size,
@@ -284,7 +291,11 @@ class OmniglotTasks:
 
     def fixed_tasks(self, split: str, num_tasks: int, batch_size: int, seed: int
                     ) -> Iterator[TaskBatch]:
-        pool = self.pool(split)
+        pool = self.pool(split)  # bad split names fail here, not at the first next()
+        return self._fixed_tasks(pool, split, num_tasks, batch_size, seed)
+
+    def _fixed_tasks(self, pool: ClassPool, split: str, num_tasks: int, batch_size: int,
+                     seed: int) -> Iterator[TaskBatch]:
         # A CPU generator of its own per split: the same tasks on every device and whatever
         # training has consumed from its generator.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
