@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny generated few-shot data sets laid out like the real releases."""
+"""Tiny generated few-shot data sets laid out like the real releases, as session fixtures (a test
+module imports the fixtures it uses), and the real Omniglot's location."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY_FOLDER_CLASSES, folder_class_code, folder_example_code
 from learnedopt.tasks import ImageFolderTasks, TaskBatch, image_cache
 from learnedopt.tasks.image_folder import load_split
+from tests.fewshot_data import (TINY_FOLDER_CLASSES, folder_class_code, folder_example_code,
+                                tiny_image_folder)  # noqa: F401 (fixture)
 
 
 def read_image(x: torch.Tensor, split: str) -> tuple[int, int]:

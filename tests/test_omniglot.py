@@ -9,11 +9,11 @@ import zipfile
 import pytest
 import torch
 
-from conftest import (REAL_OMNIGLOT, TINY_BACKGROUND, TINY_DRAWINGS, TINY_EVALUATION, TINY_SMALL1,
-                      character_code, drawing_code, tiny_characters)
 from learnedopt.tasks import OmniglotTasks, TaskBatch, image_cache
-from learnedopt.tasks.episodes import ClassPool, gather_images
 from learnedopt.tasks.omniglot import load_omniglot_set
+from tests.fewshot_data import (REAL_OMNIGLOT, TINY_BACKGROUND, TINY_DRAWINGS, TINY_EVALUATION,
+                                TINY_SMALL1, character_code, drawing_code, tiny_characters,
+                                tiny_omniglot)  # noqa: F401 (fixture)
 
 CODE_TO_CHAR = {character_code(i): c for i, c in enumerate(tiny_characters())}
 CODE_TO_DRAWING = {drawing_code(d): d for d in range(TINY_DRAWINGS)}
@@ -198,17 +198,14 @@ def test_rotations_are_quarter_turns_counter_clockwise(tiny_omniglot, cache):
     assert seen == {0, 1, 2, 3}  # read_image would fail on anything but exact quarter turns
 
 
-def test_gather_images_rotates_like_rot90():
-    images = torch.randint(0, 256, (6, 2, 5, 5), dtype=torch.uint8)
-    pool = ClassPool(images, torch.tensor([0, 0, 3, 3]), torch.tensor([3, 3, 3, 3]),
-                     torch.tensor([0, 1, 2, 3]), ["a", "a90", "b180", "b270"])
-    index = torch.tensor([[0, 1], [2, 5]])
-    rotation = torch.tensor([[1, 3], [2, 0]])
-    out = gather_images(pool, index, rotation)
-    for i in range(2):
-        for j in range(2):
-            expected = torch.rot90(images[index[i, j]], int(rotation[i, j]), dims=(-2, -1))
-            assert torch.equal(out[i, j], expected)
+def test_rotated_classes_hold_rotated_copies(tiny_omniglot, cache):
+    pool = tasks(tiny_omniglot, cache, split="vinyals").pool("train")
+    names = pool.class_names
+    for turns in (1, 2, 3):
+        rotated = names.index(f"Alpha1/character03/rot{90 * turns:03d}")
+        upright = names.index("Alpha1/character03/rot000")
+        assert torch.equal(pool.class_images(rotated),
+                           torch.rot90(pool.class_images(upright), turns, dims=(-2, -1)))
 
 
 # ---- episodes --------------------------------------------------------------------------------

@@ -1,12 +1,11 @@
 """N-way K-shot episodes drawn from a pool of classes by tensor indexing on the pool's device.
 
 A ``ClassPool`` holds every image of one split as ONE uint8 tensor plus, per class, where its
-images start, how many there are and how many quarter turns to rotate them by (rotated copies of
-a character are separate classes that share images). A whole batch of episodes is a handful of
-tensor ops: random keys + top-k choose the classes and, per class, the examples; one gather reads
-the pixels; a second gather over pixel positions applies the rotations; then one conversion to
-float. No Python loop over tasks, no decoding per episode; the same generator state gives the
-same episodes.
+consecutive images start and how many there are (a rotated Omniglot character is a class of its
+own with its own rotated copies, so sampling never rotates). A whole batch of episodes is a
+handful of tensor ops: random keys + top-k choose the classes and, per class, the examples; one
+gather reads the pixels; one conversion makes them float. No Python loop over tasks, no decoding
+per episode; the same generator state gives the same episodes.
 """
 
 from __future__ import annotations
@@ -21,14 +20,12 @@ from learnedopt.tasks.base import TaskBatch
 
 @dataclass
 class ClassPool:
-    """images: uint8 (num_images, C, H, W); class_start / class_count / class_rotation: int64
-    (num_classes,), the classes' first image, number of images and quarter turns (0..3,
-    counter-clockwise as displayed, like PIL's ``rotate(90 * k)``); class_group: int64
-    (num_classes,) or None, a grouping (Omniglot alphabet) for within-group episodes."""
+    """images: uint8 (num_images, C, H, W); class_start / class_count: int64 (num_classes,), the
+    first image and number of images of each class; class_group: int64 (num_classes,) or None, a
+    grouping (Omniglot alphabet) for within-group episodes."""
     images: Tensor
     class_start: Tensor
     class_count: Tensor
-    class_rotation: Tensor
     class_names: list[str]
     class_group: Tensor | None = None
 
@@ -37,28 +34,30 @@ class ClassPool:
             raise ValueError(f"ClassPool: images must be uint8 (num_images, C, H, W), got "
                              f"{self.images.dtype} {tuple(self.images.shape)}")
         n = len(self.class_names)
-        for name in ("class_start", "class_count", "class_rotation"):
-            t = getattr(self, name)
+        if n == 0:
+            raise ValueError("ClassPool: no classes")
+        fields = [("class_start", self.class_start), ("class_count", self.class_count)]
+        if self.class_group is not None:
+            fields.append(("class_group", self.class_group))
+        for name, t in fields:
             if t.dtype != torch.int64 or t.shape != (n,):
                 raise ValueError(f"ClassPool: {name} must be int64 of shape ({n},), got "
                                  f"{t.dtype} {tuple(t.shape)}")
-        if n == 0:
-            raise ValueError("ClassPool: no classes")
         if bool((self.class_count < 1).any()):
             raise ValueError("ClassPool: every class needs at least one image")
-        if bool((self.class_start + self.class_count > self.images.shape[0]).any()) or \
-                bool((self.class_start < 0).any()):
+        if bool((self.class_start < 0).any()) or \
+                bool((self.class_start + self.class_count > self.images.shape[0]).any()):
             raise ValueError("ClassPool: class image ranges run outside the image tensor")
-        if bool(((self.class_rotation < 0) | (self.class_rotation > 3)).any()):
-            raise ValueError("ClassPool: class_rotation must be in 0..3 quarter turns")
-        h, w = self.images.shape[-2:]
-        self.has_rotations = bool((self.class_rotation != 0).any())
-        if self.has_rotations and h != w:
-            raise ValueError(f"ClassPool: rotations need square images, got {h}x{w}")
         self.max_count = int(self.class_count.max())
         self.min_count = int(self.class_count.min())
-        if self.has_rotations:
-            self._rotation_index = _rotation_pixel_index(h).to(self.images.device)
+
+    @classmethod
+    def from_blocks(cls, blocks: list[Tensor], names: list[str], groups: list[int] | None = None
+                    ) -> "ClassPool":
+        """A pool whose class i owns the uint8 images ``blocks[i]`` (count_i, C, H, W)."""
+        counts = torch.tensor([len(b) for b in blocks], dtype=torch.int64)
+        group = None if groups is None else torch.tensor(groups, dtype=torch.int64)
+        return cls(torch.cat(blocks), torch.cumsum(counts, 0) - counts, counts, names, group)
 
     @property
     def num_classes(self) -> int:
@@ -68,41 +67,14 @@ class ClassPool:
     def device(self) -> torch.device:
         return self.images.device
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
+    def class_images(self, i: int) -> Tensor:
+        start = int(self.class_start[i])
+        return self.images[start:start + int(self.class_count[i])]
 
     def to(self, device: torch.device | str) -> "ClassPool":
         group = None if self.class_group is None else self.class_group.to(device)
         return ClassPool(self.images.to(device), self.class_start.to(device),
-                         self.class_count.to(device), self.class_rotation.to(device),
-                         self.class_names, group)
-
-    def subset(self, classes: list[int]) -> "ClassPool":
-        """A pool of the given classes only, sharing nothing with this one but the class records;
-        the images are compacted so that a split keeps only its own pixels in memory."""
-        idx = torch.tensor(classes, dtype=torch.int64, device=self.class_start.device)
-        starts, counts = self.class_start[idx], self.class_count[idx]
-        # Rotated copies share images: keep each distinct (start, count) block once.
-        blocks = sorted(set(zip(starts.tolist(), counts.tolist())))
-        new_start, pieces, offset = {}, [], 0
-        for start, count in blocks:
-            new_start[(start, count)] = offset
-            pieces.append(torch.arange(start, start + count))
-            offset += count
-        images = self.images[torch.cat(pieces).to(self.images.device)]
-        starts_new = torch.tensor([new_start[(s, c)] for s, c in zip(starts.tolist(),
-                                                                     counts.tolist())],
-                                  dtype=torch.int64, device=self.class_start.device)
-        group = None if self.class_group is None else self.class_group[idx]
-        return ClassPool(images, starts_new, counts.clone(), self.class_rotation[idx].clone(),
-                         [self.class_names[i] for i in classes], group)
-
-
-def _rotation_pixel_index(side: int) -> Tensor:
-    """(4, side*side): entry [k, p] is the source pixel of output pixel p after k quarter turns."""
-    grid = torch.arange(side * side).view(side, side)
-    return torch.stack([torch.rot90(grid, k, dims=(0, 1)).reshape(-1) for k in range(4)])
+                         self.class_count.to(device), self.class_names, group)
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
@@ -146,19 +118,6 @@ def choose_examples(pool: ClassPool, classes: Tensor, per_class: int,
     return pool.class_start[classes][..., None] + pick
 
 
-def gather_images(pool: ClassPool, index: Tensor, rotation: Tensor) -> Tensor:
-    """uint8 images at ``index`` (any shape S) -> (*S, C, H, W), each rotated by ``rotation``
-    quarter turns (shape broadcastable to S)."""
-    x = pool.images[index]
-    if pool.has_rotations:
-        c, h, w = x.shape[-3:]
-        pixel = pool._rotation_index[rotation.expand(index.shape)]  # (*S, H*W)
-        flat = x.reshape(*index.shape, c, h * w)
-        pixel = pixel.unsqueeze(-2).expand(*index.shape, c, h * w)
-        x = flat.gather(-1, pixel).view(*index.shape, c, h, w)
-    return x
-
-
 def to_float(x: Tensor) -> Tensor:
     return x.to(torch.float32).mul_(1.0 / 255.0)
 
@@ -176,7 +135,7 @@ def sample_episodes(pool: ClassPool, batch_size: int, ways: int, shots: int, que
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     classes = choose_classes(pool, batch_size, ways, generator, within_group)
     index = choose_examples(pool, classes, shots + queries, generator)
-    x = to_float(gather_images(pool, index, pool.class_rotation[classes][..., None]))
+    x = to_float(pool.images[index])
     shape = x.shape[-3:]
     labels = torch.arange(ways, device=pool.device)
     y_support = labels.repeat_interleave(shots).expand(batch_size, -1)
@@ -189,8 +148,8 @@ def sample_episodes(pool: ClassPool, batch_size: int, ways: int, shots: int, que
 
 def sample_flat(pool: ClassPool, batch_size: int, generator: torch.Generator
                 ) -> tuple[Tensor, Tensor, int]:
-    """``batch_size`` images drawn uniformly over (image, rotation) pairs of the pool, with their
-    global class index: the non-episodic data of the transfer baselines."""
+    """``batch_size`` images drawn uniformly over all images of the pool, with their global class
+    index: the non-episodic data of the transfer baselines."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = pool.device
@@ -200,7 +159,7 @@ def sample_flat(pool: ClassPool, batch_size: int, generator: torch.Generator
     cls = torch.searchsorted(weights, u, right=True).clamp_(max=pool.num_classes - 1)
     within = (_uniform((batch_size,), generator, device) * pool.class_count[cls]).long()
     within = torch.minimum(within, pool.class_count[cls] - 1)
-    x = to_float(gather_images(pool, pool.class_start[cls] + within, pool.class_rotation[cls]))
+    x = to_float(pool.images[pool.class_start[cls] + within])
     return x, cls, pool.num_classes
 
 

@@ -97,8 +97,7 @@ def load_split(root: Path, split: str, image_size: int, cache_dir: Path | None,
     images, _ = load_or_decode(cache_file, [ImageRef(p) for p in flat], spec,
                                {"classes": classes}, workers)
     counts = torch.tensor([len(f) for f in files], dtype=torch.int64)
-    return ClassPool(images, torch.cumsum(counts, 0) - counts, counts,
-                     torch.zeros(len(classes), dtype=torch.int64), classes)
+    return ClassPool(images, torch.cumsum(counts, 0) - counts, counts, classes)
 
 
 class ImageFolderTasks:

@@ -66,11 +66,15 @@ def _list_zip(path: Path) -> tuple[list[ImageRef], list[str], list]:
         raise ValueError(f"Omniglot: {path} is not a readable zip archive: {exc}") from exc
     entries = []
     for info in infos:
-        parts = info.filename.split("/")
-        if info.is_dir() or len(parts) < 3 or not parts[-1].lower().endswith(".png") or \
-                any(p.startswith(("__MACOSX", ".")) for p in parts):
+        name = info.filename
+        # Skips folders, non-images and macOS/hidden litter ("__MACOSX/...", "._x.png").
+        if not name.lower().endswith(".png") or "__MACOSX" in name or name.startswith(".") or \
+                "/." in name:
             continue
-        entries.append(("/".join(parts[-3:-1]), parts[-1], info.filename, info.CRC, info.file_size))
+        parts = name.split("/")
+        if len(parts) < 3:
+            continue
+        entries.append(("/".join(parts[-3:-1]), parts[-1], name, info.CRC, info.file_size))
     entries.sort()
     refs = [ImageRef(str(path), e[2]) for e in entries]
     fingerprint = [[e[2], e[3], e[4]] for e in entries]
@@ -87,10 +91,11 @@ def _list_folder(path: Path) -> tuple[list[ImageRef], list[str], list]:
                 continue
             for drawing in sorted(os.scandir(character.path), key=lambda e: e.name):
                 if drawing.name.lower().endswith(".png") and drawing.is_file():
+                    st = drawing.stat()
                     entries.append((f"{alphabet.name}/{character.name}", drawing.name,
-                                    drawing.path, drawing.stat().st_size))
+                                    drawing.path, st.st_size, st.st_mtime_ns))
     refs = [ImageRef(e[2]) for e in entries]
-    fingerprint = [[f"{e[0]}/{e[1]}", e[3]] for e in entries]
+    fingerprint = [[f"{e[0]}/{e[1]}", e[3], e[4]] for e in entries]
     return refs, [e[0] for e in entries], fingerprint
 
 
@@ -130,24 +135,32 @@ def load_omniglot_set(data_root: str | Path, name: str, image_size: int = 28,
     return OmniglotSet(name, images, list(counts), list(counts.values()))
 
 
-def _pool_of_sets(sets: list[OmniglotSet]) -> tuple[ClassPool, dict[str, int]]:
-    """A CPU pool of every character at every rotation (class 4*i + r is character i turned r
-    quarter turns) and the character -> i map."""
-    images = torch.cat([s.images for s in sets])
-    characters = [c for s in sets for c in s.characters]
-    counts = torch.tensor([n for s in sets for n in s.counts], dtype=torch.int64)
-    if len(set(characters)) != len(characters):
-        raise ValueError("Omniglot: the same character appears in two loaded archives "
-                         f"({', '.join(s.name for s in sets)})")
-    starts = torch.cumsum(counts, 0) - counts
-    alphabets = sorted({c.split("/")[0] for c in characters})
-    alphabet_id = {a: i for i, a in enumerate(alphabets)}
-    groups = torch.tensor([alphabet_id[c.split("/")[0]] for c in characters], dtype=torch.int64)
-    pool = ClassPool(images, starts.repeat_interleave(4), counts.repeat_interleave(4),
-                     torch.arange(4).repeat(len(characters)),
-                     [f"{c}/rot{90 * r:03d}" for c in characters for r in range(4)],
-                     groups.repeat_interleave(4))
-    return pool, {c: i for i, c in enumerate(characters)}
+class _Characters:
+    """Every character of the loaded archives: images (num_images, 1, S, S), where each
+    character's drawings start, how many there are, and its alphabet's index."""
+
+    def __init__(self, sets: list[OmniglotSet]):
+        names = [c for s in sets for c in s.characters]
+        if len(set(names)) != len(names):
+            raise ValueError("Omniglot: the same character appears in two loaded archives "
+                             f"({', '.join(s.name for s in sets)})")
+        self.images = torch.cat([s.images for s in sets])
+        counts = [n for s in sets for n in s.counts]
+        starts = torch.cumsum(torch.tensor(counts), 0) - torch.tensor(counts)
+        self.index = {c: i for i, c in enumerate(names)}
+        self.range = {c: (int(starts[i]), counts[i]) for i, c in enumerate(names)}
+        alphabets = sorted({c.split("/")[0] for c in names})
+        self.alphabet = {c: alphabets.index(c.split("/")[0]) for c in names}
+
+    def pool(self, entries: list[tuple[str, int]]) -> ClassPool:
+        """The classes (character, quarter turns) as a pool; a rotated class holds rotated copies
+        (counter-clockwise as displayed, like PIL's rotate(90 * turns)) of the drawings."""
+        blocks = []
+        for char, turns in entries:
+            start, count = self.range[char]
+            blocks.append(torch.rot90(self.images[start:start + count], turns, dims=(-2, -1)))
+        return ClassPool.from_blocks(blocks, [f"{c}/rot{90 * r:03d}" for c, r in entries],
+                                     [self.alphabet[c] for c, _ in entries])
 
 
 def _read_vinyals(data_root: Path, split: str) -> list[tuple[str, int]]:
@@ -208,14 +221,10 @@ class OmniglotTasks:
         set_names = [background if split == "lake" else "images_background", EVALUATION_SET]
         sets = [load_omniglot_set(self.data_root, n, image_size, cache_dir, workers, use_cache)
                 for n in set_names]
-        full, index_of = _pool_of_sets(sets)
-        per_split = self._split_characters(sets, index_of)
-        self._pools: dict[str, ClassPool] = {}
-        for name, entries in per_split.items():
-            if not entries:
-                continue
-            classes = [4 * index_of[c] + r for c, r in entries]
-            self._pools[name] = full.subset(classes).to(self.device)
+        characters = _Characters(sets)
+        self._pools: dict[str, ClassPool] = {
+            name: characters.pool(entries).to(self.device)
+            for name, entries in self._split_characters(sets, characters.index).items() if entries}
         self.num_classes = ways
         # Training fails at construction; val/test when first asked for (a split may be too small
         # for the training protocol yet never be evaluated).
