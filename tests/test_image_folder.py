@@ -149,3 +149,18 @@ def test_clear_errors(tiny_image_folder, tmp_path, cache):
     t = tasks(tiny_image_folder, cache)
     with pytest.raises(ValueError, match="split must be one of"):
         t.fixed_tasks("train_val", 2, 2, seed=0)
+
+
+def test_class_pool_rejects_inconsistent_records():
+    from learnedopt.tasks import ClassPool
+    images = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
+    start, count = torch.tensor([0, 3]), torch.tensor([3, 3])
+    assert ClassPool(images, start, count, ["a", "b"]).num_classes == 2
+    with pytest.raises(ValueError, match="images must be uint8"):
+        ClassPool(images.float(), start, count, ["a", "b"])
+    with pytest.raises(ValueError, match="class_count must be int64 of shape \\(2,\\)"):
+        ClassPool(images, start, count.int(), ["a", "b"])
+    with pytest.raises(ValueError, match="consecutive blocks"):
+        ClassPool(images, torch.tensor([0, 2]), count, ["a", "b"])
+    with pytest.raises(ValueError, match="consecutive blocks"):
+        ClassPool(images, torch.tensor([0, 2]), torch.tensor([2, 2]), ["a", "b"])

@@ -21,7 +21,8 @@ from learnedopt.tasks.base import TaskBatch
 @dataclass
 class ClassPool:
     """images: uint8 (num_images, C, H, W); class_start / class_count: int64 (num_classes,), the
-    first image and number of images of each class; class_group: int64 (num_classes,) or None, a
+    first image and number of images of each class (class i owns the block after class i-1's);
+    class_group: int64 (num_classes,) or None, a
     grouping (Omniglot alphabet) for within-group episodes."""
     images: Tensor
     class_start: Tensor
@@ -45,9 +46,11 @@ class ClassPool:
                                  f"{t.dtype} {tuple(t.shape)}")
         if bool((self.class_count < 1).any()):
             raise ValueError("ClassPool: every class needs at least one image")
-        if bool((self.class_start < 0).any()) or \
-                bool((self.class_start + self.class_count > self.images.shape[0]).any()):
-            raise ValueError("ClassPool: class image ranges run outside the image tensor")
+        ends = torch.cumsum(self.class_count, 0)
+        if not torch.equal(self.class_start, ends - self.class_count) or \
+                int(ends[-1]) != self.images.shape[0]:
+            raise ValueError("ClassPool: classes must own consecutive blocks of images, in class "
+                             "order, covering the image tensor")
         self.max_count = int(self.class_count.max())
         self.min_count = int(self.class_count.min())
 
@@ -152,15 +155,12 @@ def sample_flat(pool: ClassPool, batch_size: int, generator: torch.Generator
     index: the non-episodic data of the transfer baselines."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = pool.device
-    # Class by its share of all images, then an image uniformly within it.
-    weights = pool.class_count.to(torch.float64).cumsum(0)
-    u = _uniform((batch_size,), generator, device).to(torch.float64) * weights[-1]
-    cls = torch.searchsorted(weights, u, right=True).clamp_(max=pool.num_classes - 1)
-    within = (_uniform((batch_size,), generator, device) * pool.class_count[cls]).long()
-    within = torch.minimum(within, pool.class_count[cls] - 1)
-    x = to_float(pool.images[pool.class_start[cls] + within])
-    return x, cls, pool.num_classes
+    num_images = pool.images.shape[0]
+    image = (_uniform((batch_size,), generator, pool.device) * num_images).long()
+    image = image.clamp_(max=num_images - 1)
+    # Classes tile the images in order, so an image's class is the last start at or before it.
+    cls = torch.searchsorted(pool.class_start, image, right=True) - 1
+    return to_float(pool.images[image]), cls, pool.num_classes
 
 
 def check_episode_shape(pool: ClassPool, ways: int, shots: int, queries: int,

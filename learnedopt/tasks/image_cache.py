@@ -107,22 +107,26 @@ def decode_images(refs: Sequence[ImageRef], spec: DecodeSpec, workers: int | Non
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     jobs = [(ref, spec) for ref in refs]
+    # Filled image by image so that peak memory stays one copy of the data set.
+    out = torch.empty((len(refs), spec.size, spec.size, spec.channels), dtype=torch.uint8)
     if workers > 1 and len(jobs) >= _POOL_MIN_IMAGES:
-        # Workers import only Pillow and read files themselves: the parent never ships image
-        # bytes across the pipe, only the short references and the decoded pixels.
+        # Workers read the files themselves: only the short references and the decoded pixels
+        # cross the pipes.
         ctx = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
         with ctx.Pool(workers) as pool:
-            decoded = pool.map(_decode_ref, jobs, chunksize=256)
+            for i, pixels in enumerate(pool.imap(_decode_ref, jobs, chunksize=256)):
+                out[i] = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(out.shape[1:])
     else:
-        decoded = [_decode_ref(job) for job in jobs]
-        for archive in _open_zips.values():
-            archive.close()
-        _open_zips.clear()
-    flat = torch.frombuffer(bytearray(b"".join(decoded)), dtype=torch.uint8) if decoded else \
-        torch.empty(0, dtype=torch.uint8)
+        try:
+            for i, job in enumerate(jobs):
+                out[i] = torch.frombuffer(bytearray(_decode_ref(job)),
+                                          dtype=torch.uint8).view(out.shape[1:])
+        finally:
+            for archive in _open_zips.values():
+                archive.close()
+            _open_zips.clear()
     # Pillow's bytes are interleaved (H, W, C); the library convention is channels first.
-    images = flat.view(len(refs), spec.size, spec.size, spec.channels).permute(0, 3, 1, 2)
-    images = images.contiguous()
+    images = out.permute(0, 3, 1, 2).contiguous()
     return images.bitwise_not_() if spec.invert else images
 
 
@@ -177,10 +181,11 @@ def load_or_decode(cache_file: Path | None, refs: Sequence[ImageRef], spec: Deco
             blob = torch.load(cache_file, map_location="cpu", weights_only=True)
             images = blob["images"]
             expected = (len(refs), spec.channels, spec.size, spec.size)
-            if images.dtype == torch.uint8 and tuple(images.shape) == expected:
+            if images.dtype == torch.uint8 and tuple(images.shape) == expected and \
+                    blob["metadata"] == metadata:
                 return images, blob["metadata"]
-            log.warning("cache %s has shape %s, expected %s; rebuilding", cache_file,
-                        tuple(images.shape), expected)
+            log.warning("cache %s does not match its source (shape %s, expected %s); rebuilding",
+                        cache_file, tuple(images.shape), expected)
         except Exception as exc:  # a truncated or foreign file is rebuilt, not trusted
             log.warning("cannot read cache %s (%s); rebuilding", cache_file, exc)
     images = decode_images(refs, spec, workers)
