@@ -383,3 +383,14 @@ def test_real_episodes(real_cache, ways, shots):
     # Distinct drawings: no support image repeats inside a task.
     flat = batch.x_support[0].flatten(1)
     assert torch.cdist(flat, flat).add(torch.eye(len(flat))).min() > 0
+
+
+def test_config_is_json_and_names_the_protocol(tiny_omniglot, cache):
+    import json
+    t = tasks(tiny_omniglot, cache, split="maml", train_characters=40, val_characters=8, ways=3,
+              shots=2)
+    config = json.loads(json.dumps(t.config()))
+    assert config["task"] == "omniglot" and config["split"] == "maml"
+    assert (config["ways"], config["shots"], config["queries"]) == (3, 2, 2)
+    assert config["train_characters"] == 40 and config["val_characters"] == 8
+    assert config["rotations"] is True and config["image_size"] == 28

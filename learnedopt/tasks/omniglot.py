@@ -287,12 +287,18 @@ class OmniglotTasks:
         return self._pools[split].num_classes if split in self._pools else 0
 
     def config(self) -> dict:
-        return {"task": "omniglot", "split": self.split, "image_size": self.image_size,
-                "ways": self.ways, "shots": self.shots, "queries": self.queries,
-                "rotations": self.rotations, "train_characters": self.train_characters,
-                "val_characters": self.val_characters, "split_seed": self.split_seed,
-                "background": self.background, "within_alphabet": self.within_alphabet,
-                "classes": {s: self.num_split_classes(s) for s in ("train", "val", "test")}}
+        config = {"task": "omniglot", "split": self.split, "image_size": self.image_size,
+                  "ways": self.ways, "shots": self.shots, "queries": self.queries,
+                  "rotations": self.rotations, "within_alphabet": self.within_alphabet,
+                  "classes": {s: self.num_split_classes(s) for s in ("train", "val", "test")}}
+        # Only the knobs that shaped this split, so two configs differ only where protocols do.
+        if self.split != "vinyals":
+            config.update(val_characters=self.val_characters, split_seed=self.split_seed)
+        if self.split == "maml":
+            config["train_characters"] = self.train_characters
+        if self.split == "lake":
+            config["background"] = self.background
+        return config
 
     def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         return episodes.sample_episodes(self.pool("train"), batch_size, self.ways, self.shots,
