@@ -1,0 +1,128 @@
+"""A minimal MetaAlgorithm for the runner's tests (training loop, checkpoints, CLI), independent of
+learnedopt.algorithms: Meta-SGD-like adaptation of a 1-H-1 ReLU MLP on sine, with a learned
+initialisation ``theta0``, per-coordinate step sizes ``alpha`` and a tiny learned ``rule`` (an
+affine map of the gradient) - the three kinds of meta-parameters a checkpoint must keep - and a
+buffer that changes during training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from learnedopt import experiment
+from learnedopt.algorithms.base import MetaAlgorithm
+
+
+class TinyMetaSGD(MetaAlgorithm):
+    name = "tiny"
+
+    def __init__(self, learner=None, hidden: int = 16, inner_steps: int = 1,
+                 test_inner_steps: int = 3, meta_batch: int = 4, inner_lr: float = 0.02,
+                 outer_lr: float = 3e-3, first_order: bool = False, fail_at_call: int = 0):
+        super().__init__()
+        self._options = dict(hidden=hidden, inner_steps=inner_steps,
+                             test_inner_steps=test_inner_steps, meta_batch=meta_batch,
+                             inner_lr=inner_lr, outer_lr=outer_lr, first_order=first_order,
+                             fail_at_call=fail_at_call)
+        self.hidden = hidden
+        w1, w2 = nn.Linear(1, hidden), nn.Linear(hidden, 1)
+        flat = torch.cat([w1.weight.reshape(-1), w1.bias, w2.weight.reshape(-1), w2.bias])
+        self.theta0 = nn.Parameter(flat.detach().clone())
+        self.alpha = nn.Parameter(torch.full_like(flat, inner_lr))
+        self.rule = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.rule.weight.fill_(1.0)
+            self.rule.bias.zero_()
+        self.register_buffer("episodes_seen", torch.zeros((), dtype=torch.int64))
+        self.calls = 0
+
+    @classmethod
+    def option_defaults(cls, task: str) -> dict:
+        return dict(hidden=16, inner_steps=1, test_inner_steps=3, meta_batch=4, inner_lr=0.02,
+                    outer_lr=3e-3, first_order=False, fail_at_call=0)
+
+    def options(self) -> dict:
+        return dict(self._options)
+
+    @property
+    def meta_batch_size(self) -> int:
+        return self._options["meta_batch"]
+
+    @property
+    def outer_lr(self) -> float:
+        return self._options["outer_lr"]
+
+    def _forward(self, theta, x):
+        h = self.hidden
+        w1 = theta[:, :h].reshape(-1, h, 1)
+        b1 = theta[:, h:2 * h].reshape(-1, 1, h)
+        w2 = theta[:, 2 * h:3 * h].reshape(-1, 1, h)
+        b2 = theta[:, 3 * h:].reshape(-1, 1, 1)
+        hidden = torch.relu(x @ w1.transpose(1, 2) + b1)
+        return hidden @ w2.transpose(1, 2) + b2
+
+    def _adapt(self, batch, steps, create_graph):
+        theta = self.theta0.expand(batch.num_tasks, -1)
+        for _ in range(steps):
+            loss = ((self._forward(theta, batch.x_support) - batch.y_support) ** 2).mean((1, 2))
+            grad, = torch.autograd.grad(loss.sum(), theta, create_graph=create_graph)
+            theta = theta - self.alpha * self.rule(grad.unsqueeze(-1)).squeeze(-1)
+        return theta
+
+    def meta_loss(self, batch):
+        self.calls += 1
+        if self.calls == self._options["fail_at_call"]:
+            raise KeyboardInterrupt("simulated interruption")
+        with torch.no_grad():
+            self.episodes_seen += batch.num_tasks
+        theta = self._adapt(batch, self._options["inner_steps"],
+                            create_graph=not self._options["first_order"])
+        loss = ((self._forward(theta, batch.x_query) - batch.y_query) ** 2).mean()
+        return loss, {"support_points": float(batch.x_support.shape[1])}
+
+    def adapt_and_evaluate(self, batch, steps=None):
+        steps = self._options["test_inner_steps"] if steps is None else steps
+        with torch.enable_grad():
+            theta = self._adapt(batch, steps, create_graph=False).detach()
+        with torch.no_grad():
+            loss = ((self._forward(theta, batch.x_query) - batch.y_query) ** 2).mean((1, 2))
+        return {"loss": loss}
+
+    def predict_adapted(self, batch, x_grid, steps=None):
+        steps = self._options["test_inner_steps"] if steps is None else steps
+        with torch.enable_grad():
+            theta = self._adapt(batch, steps, create_graph=False).detach()
+        with torch.no_grad():
+            before = self._forward(self.theta0.expand(batch.num_tasks, -1), x_grid)
+            return before, self._forward(theta, x_grid)
+
+    def gate_trace(self, batch):
+        # Stand-in for the LSTM's gates, shaped like them: (steps, coordinates) sigmoid values.
+        steps = self._options["test_inner_steps"]
+        scale = torch.arange(1, steps + 1, dtype=torch.float32).unsqueeze(1)
+        return {"input": torch.sigmoid(self.alpha.detach() * scale),
+                "forget": torch.sigmoid(self.theta0.detach() * scale)}
+
+
+@pytest.fixture
+def tiny_registry(monkeypatch):
+    """Route learnedopt.experiment's algorithm/learner construction to TinyMetaSGD under the
+    name "tiny" (the real registry keeps serving every other name)."""
+    real_class, real_build = experiment.algorithm_class, experiment.build_algorithm
+    real_learner = experiment.build_learner
+
+    def algorithm_class(name):
+        return TinyMetaSGD if name == "tiny" else real_class(name)
+
+    def build_algorithm(name, learner, options):
+        return TinyMetaSGD(learner, **options) if name == "tiny" else real_build(name, learner, options)
+
+    def build_learner(spec):
+        return spec if spec.get("name") == "tiny-mlp" else real_learner(spec)
+
+    monkeypatch.setattr(experiment, "algorithm_class", algorithm_class)
+    monkeypatch.setattr(experiment, "build_algorithm", build_algorithm)
+    monkeypatch.setattr(experiment, "build_learner", build_learner)
+    monkeypatch.setattr(experiment, "default_learner_spec",
+                        lambda task, sampler: {"name": "tiny-mlp"})
