@@ -87,6 +87,14 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
         raise CheckpointError(f"refusing to save format {checkpoint['format']!r}; expected {FORMAT!r}")
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
+    # Catch, at save time, content that weights_only loading would refuse (any Python object other
+    # than tensors, containers and plain scalars), instead of writing a file nobody can load safely.
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refusing to save a checkpoint that torch.load(weights_only=True) "
+                              f"cannot read: {_reason(exc)}") from None
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -99,11 +107,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{str(path)!r} is not a readable learnedopt checkpoint (truncated, corrupt, or not "
-            f"written by torch.save / learnedopt): {first_line}") from exc
+            f"written by torch.save / learnedopt): {_reason(exc)}") from exc
     return validate_checkpoint(checkpoint, source=str(path))
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load error (its message is mostly generic advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line
+    return lines[0] if lines else type(exc).__name__
 
 
 def validate_checkpoint(checkpoint: Any, source: str = "checkpoint") -> dict[str, Any]:

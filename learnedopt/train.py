@@ -173,7 +173,7 @@ class _Trainer:
             "metrics": list(self.records),
             "window": {"count": self.window["count"], "sums": dict(self.window["sums"])},
             "elapsed_s": self._elapsed(),
-            "versions": {"learnedopt": learnedopt.__version__, "torch": torch.__version__},
+            "versions": {"learnedopt": learnedopt.__version__, "torch": str(torch.__version__)},
         }
 
     def _elapsed(self) -> float:

@@ -16,15 +16,17 @@ from learnedopt.algorithms.base import MetaAlgorithm
 
 class TinyMetaSGD(MetaAlgorithm):
     name = "tiny"
+    # Tests set this to simulate a crash (KeyboardInterrupt) in the n-th meta_loss call of an
+    # instance; a class attribute, not an option, so that the resumed run's config is unchanged.
+    fail_at_call = 0
 
     def __init__(self, learner=None, hidden: int = 16, inner_steps: int = 1,
-                 test_inner_steps: int = 3, meta_batch: int = 4, inner_lr: float = 0.02,
-                 outer_lr: float = 3e-3, first_order: bool = False, fail_at_call: int = 0):
+                 test_inner_steps: int = 1, meta_batch: int = 4, inner_lr: float = 0.02,
+                 outer_lr: float = 3e-3, first_order: bool = False):
         super().__init__()
         self._options = dict(hidden=hidden, inner_steps=inner_steps,
                              test_inner_steps=test_inner_steps, meta_batch=meta_batch,
-                             inner_lr=inner_lr, outer_lr=outer_lr, first_order=first_order,
-                             fail_at_call=fail_at_call)
+                             inner_lr=inner_lr, outer_lr=outer_lr, first_order=first_order)
         self.hidden = hidden
         w1, w2 = nn.Linear(1, hidden), nn.Linear(hidden, 1)
         flat = torch.cat([w1.weight.reshape(-1), w1.bias, w2.weight.reshape(-1), w2.bias])
@@ -39,8 +41,8 @@ class TinyMetaSGD(MetaAlgorithm):
 
     @classmethod
     def option_defaults(cls, task: str) -> dict:
-        return dict(hidden=16, inner_steps=1, test_inner_steps=3, meta_batch=4, inner_lr=0.02,
-                    outer_lr=3e-3, first_order=False, fail_at_call=0)
+        return dict(hidden=16, inner_steps=1, test_inner_steps=1, meta_batch=4, inner_lr=0.02,
+                    outer_lr=3e-3, first_order=False)
 
     def options(self) -> dict:
         return dict(self._options)
@@ -72,7 +74,7 @@ class TinyMetaSGD(MetaAlgorithm):
 
     def meta_loss(self, batch):
         self.calls += 1
-        if self.calls == self._options["fail_at_call"]:
+        if self.calls == self.fail_at_call:
             raise KeyboardInterrupt("simulated interruption")
         with torch.no_grad():
             self.episodes_seen += batch.num_tasks

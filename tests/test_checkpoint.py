@@ -138,3 +138,12 @@ def test_pickled_objects_are_refused(tmp_path):
         load_checkpoint(path)
     # ... because of weights_only, not because the class is unknown:
     assert isinstance(torch.load(path, weights_only=False)["options"]["obj"], NotAllowed)
+
+
+def test_save_refuses_content_weights_only_cannot_load(tmp_path):
+    path = tmp_path / "last.pt"
+    payload = make_checkpoint()
+    payload["options"] = {"obj": NotAllowed()}
+    with pytest.raises(CheckpointError, match="Unsupported global.*NotAllowed"):
+        save_checkpoint(path, payload)
+    assert not path.exists()
