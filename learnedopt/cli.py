@@ -76,7 +76,7 @@ DEMO_ITERATIONS = 5000
 
 # The common algorithm flags and the option each sets (see each algorithm's option_defaults).
 OPTION_FLAGS = {"inner_steps": "inner_steps", "test_inner_steps": "test_inner_steps",
-                "meta_batch": "meta_batch", "first_order": "first_order"}
+                "meta_batch": "meta_batch_size", "first_order": "first_order"}
 
 
 def _positive_int(text: str) -> int:

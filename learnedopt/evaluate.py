@@ -72,19 +72,12 @@ def primary_metric(kind: str) -> tuple[str, bool]:
     return ("accuracy", True) if kind == "classification" else ("loss", False)
 
 
-def _first(options: dict, *keys):
-    for key in keys:
-        if key in options:
-            return options[key]
-    return None
-
-
 def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps: int | None,
              seed: int) -> dict[str, Any]:
     options = checkpoint["options"]
     task = checkpoint.get("task", {})
     sampler_config = checkpoint.get("protocol", {})
-    first_order = _first(options, "first_order", "fo")
+    first_order = options.get("first_order")
     return {
         "task": task.get("name"),
         "split": split,
@@ -93,13 +86,13 @@ def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps:
         "ways": task.get("ways", sampler_config.get("ways")),
         "shots": task.get("shots", sampler_config.get("k_shot", sampler_config.get("shots"))),
         "queries": task.get("queries", sampler_config.get("k_query", sampler_config.get("queries"))),
-        "inner_steps_train": _first(options, "inner_steps", "steps", "train_steps"),
-        "inner_steps_test": test_steps if test_steps is not None else _first(
-            options, "test_inner_steps", "test_steps", "inner_steps"),
+        "inner_steps_train": options.get("inner_steps"),
+        "inner_steps_test": test_steps if test_steps is not None else options.get(
+            "test_inner_steps"),
         "meta_gradient": None if first_order is None else ("first-order" if first_order
                                                              else "second-order"),
-        "batch_norm": _first(options, "batchnorm", "batch_norm", "bn_mode"),
-        "meta_batch": _first(options, "meta_batch", "meta_batch_size"),
+        "batch_norm": options.get("bn_mode"),
+        "meta_batch": options.get("meta_batch_size"),
         "iterations": int(checkpoint["iteration"]),
         "train_seed": checkpoint.get("config", {}).get("seed"),
         "test_seed": seed,

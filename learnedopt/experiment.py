@@ -7,8 +7,8 @@ Task spec:    {"name": "sine", "shots": 10, "queries": 10}
                "split": "vinyals", "image_size": 28}
               {"name": "images", "data_root": ..., "ways": 5, "shots": 1, "queries": 15,
                "image_size": 84}
-Learner spec: {"name": "mlp", "sizes": [1, 40, 40, 1]} or
-              {"name": "conv4", "in_channels": 1, "image_size": 28, "ways": 5}
+Learner spec: learnedopt.learners' config(), e.g. {"name": "mlp", "sizes": [1, 40, 40, 1]} or
+              {"name": "conv4", "ways": 5, "in_shape": [1, 28, 28], "filters": 64, ...}
 """
 
 from __future__ import annotations
@@ -39,50 +39,19 @@ def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu"):
 
 
 def default_learner_spec(task_spec: dict[str, Any], sampler) -> dict[str, Any]:
-    """The SPEC learner for a task: 1-40-40-1 ReLU MLP for sine, Conv4 for images."""
-    if task_spec["name"] == "sine":
-        return {"name": "mlp", "sizes": [1, 40, 40, 1]}
-    batch = sampler.sample(1, torch.Generator(device=sampler.device).manual_seed(0))
-    channels, size = batch.x_support.shape[2], batch.x_support.shape[-1]
-    return {"name": "conv4", "in_channels": int(channels), "image_size": int(size),
-            "ways": int(sampler.num_classes)}
+    """The paper learner for the task (1-40-40-1 ReLU MLP for sine, Conv4 for images), as the
+    config dict :func:`build_learner` takes back."""
+    from learnedopt import learners
+    return learners.learner_for_task(sampler).config()
 
 
 def build_learner(spec: dict[str, Any]):
     from learnedopt import learners
-    if hasattr(learners, "build_learner"):
-        return learners.build_learner(**spec)
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    if spec["name"] == "mlp":
-        return learners.MLP(**kwargs)
-    if spec["name"] == "conv4":
-        return learners.Conv4(**kwargs)
-    raise ValueError(f"unknown learner {spec['name']!r}: expected 'mlp' or 'conv4'")
-
-
-def algorithm_class(name: str):
-    from learnedopt import algorithms
-    registry = getattr(algorithms, "ALGORITHMS", None)
-    if registry is None:
-        raise RuntimeError("learnedopt.algorithms has no ALGORITHMS registry in this build")
-    if name not in registry:
-        raise ValueError(f"unknown algorithm {name!r}: expected one of {sorted(registry)}")
-    return registry[name]
-
-
-def resolve_options(name: str, task: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The algorithm's SPEC defaults for ``task`` with ``overrides`` on top; an option the
-    algorithm does not have is an error naming the ones it has."""
-    defaults = algorithm_class(name).option_defaults(task)
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise ValueError(f"algorithm {name!r} has no option(s) {unknown}; its options are "
-                         f"{sorted(defaults)}")
-    return {**defaults, **overrides}
+    return learners.build_learner(spec)
 
 
 def build_algorithm(name: str, learner, options: dict[str, Any]):
+    """``options`` override the algorithm's defaults for the learner's task; unknown names and
+    mistyped values are refused by the algorithm with the list of valid options."""
     from learnedopt import algorithms
-    if hasattr(algorithms, "build_algorithm"):
-        return algorithms.build_algorithm(name, learner, **options)
-    return algorithm_class(name)(learner, **options)
+    return algorithms.build_algorithm(name, learner, **options)

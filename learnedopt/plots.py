@@ -77,21 +77,13 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Pa
     return _save(fig, out)
 
 
-def _series(trace: dict[str, Any], gate: str) -> torch.Tensor:
-    """The (steps, coordinates) values of ``gate`` ("input" or "forget") in a gate trace."""
-    for key in (gate, f"{gate}_gate", f"sigma_{gate[0]}", gate[0]):
-        if key in trace:
-            values = torch.as_tensor(trace[key], dtype=torch.float64).detach().cpu()
-            return values.reshape(values.shape[0], -1)
-    raise KeyError(f"gate_trace() returned keys {sorted(trace)}, none of which is the {gate} gate "
-                   f"(expected '{gate}' or '{gate}_gate': a (steps, coordinates) tensor of "
-                   f"sigmoid values)")
-
-
 def plot_gates(checkpoint_path: str | os.PathLike, out: str | os.PathLike, split: str = "test",
                seed: int = 0, device: str = "cpu", data_root: str | None = None) -> Path:
-    """Input gate σ(i_t) and forget gate σ(f_t) per inner step for one meta-test task: a thin line
-    per sampled coordinate and the mean over coordinates (Ravi & Larochelle 2017, Fig. 3)."""
+    """Input gate σ(i_t) (the learned learning rate) and forget gate σ(f_t) per inner step on one
+    meta-test task: a thin line per sampled coordinate and the mean over all coordinates
+    (Ravi & Larochelle 2017, Fig. 3). Reads ``algorithm.gate_trace(batch)``: "input_gate" and
+    "forget_gate" (tasks, steps, coordinates), "input_gate_mean" and "forget_gate_mean"
+    (tasks, steps)."""
     plt = _pyplot()
     checkpoint = load_checkpoint(checkpoint_path)
     algorithm = rebuild_algorithm(checkpoint, device)
@@ -104,14 +96,21 @@ def plot_gates(checkpoint_path: str | os.PathLike, out: str | os.PathLike, split
     trace = algorithm.gate_trace(batch)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, gate in zip(axes, ("input", "forget")):
-        values = _series(trace, gate)
+        try:
+            values = trace[f"{gate}_gate"][0].detach().cpu()
+            mean = trace[f"{gate}_gate_mean"][0].detach().cpu()
+        except KeyError as exc:
+            raise KeyError(f"gate_trace() returned {sorted(trace)}, without {exc.args[0]!r}") from None
         steps = torch.arange(1, values.shape[0] + 1)
-        ax.plot(steps, values[:, :100], color="tab:blue", alpha=0.15, linewidth=0.8)
-        ax.plot(steps, values.mean(1), color="black", linewidth=2, label="mean over coordinates")
+        ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8)
+        ax.plot(steps, mean, color="black", linewidth=2, marker="o", markersize=3,
+                label="mean over all coordinates")
         ax.set(xlabel="inner step", ylabel=f"{gate} gate value", title=f"{gate} gate",
-               ylim=(-0.02, 1.02))
+               xticks=steps.tolist())
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
+    fig.suptitle(f"{checkpoint['algorithm']}: gate values on a meta-test task "
+                 f"({values.shape[1]} sampled coordinates)")
     return _save(fig, out)
 
 
@@ -146,9 +145,8 @@ def plot_sine_fit(checkpoint_path: str | os.PathLike, out: str | os.PathLike, ta
     batch = next(iter(sampler.fixed_tasks("test", tasks, tasks, seed)))
     lo, hi = sampler.x_range
     grid = torch.linspace(lo, hi, 200, device=sampler.device)
-    x_grid = grid.reshape(1, -1, 1).expand(batch.num_tasks, -1, -1)
     algorithm.eval()
-    before, after = algorithm.predict_adapted(batch, x_grid, steps)
+    before, after = algorithm.predict_adapted(batch, grid.unsqueeze(1), steps)
     before, after = before.detach().cpu(), after.detach().cpu()
     cols = min(tasks, 4)
     rows = -(-tasks // cols)

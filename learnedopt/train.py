@@ -36,8 +36,8 @@ class TrainConfig:
     algorithm: str
     task: dict[str, Any]                      # experiment.build_sampler spec
     out: str                                  # run directory
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # over option_defaults
-    learner: dict[str, Any] | None = None     # None: the SPEC learner for the task
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # over the task defaults
+    learner: dict[str, Any] | None = None     # learner config; None: the paper's for the task
     iterations: int = 1000
     val_every: int = 500
     val_tasks: int = 100
@@ -111,9 +111,9 @@ class _Trainer:
         torch.manual_seed(config.seed)
         self.sampler = experiment.build_sampler(config.task, self.device)
         self.learner_spec = config.learner or experiment.default_learner_spec(config.task, self.sampler)
-        options = experiment.resolve_options(config.algorithm, config.task["name"], config.options)
         learner = experiment.build_learner(self.learner_spec)
-        self.algorithm = experiment.build_algorithm(config.algorithm, learner, options).to(self.device)
+        self.algorithm = experiment.build_algorithm(config.algorithm, learner,
+                                                    config.options).to(self.device)
         self.optimizer = torch.optim.Adam(
             [p for p in self.algorithm.parameters() if p.requires_grad], lr=self.algorithm.outer_lr)
         self.generator = torch.Generator(device=self.sampler.device).manual_seed(config.seed)

@@ -20,13 +20,14 @@ class TinyMetaSGD(MetaAlgorithm):
     # instance; a class attribute, not an option, so that the resumed run's config is unchanged.
     fail_at_call = 0
 
-    def __init__(self, learner=None, hidden: int = 16, inner_steps: int = 1,
-                 test_inner_steps: int = 1, meta_batch: int = 4, inner_lr: float = 0.02,
-                 outer_lr: float = 3e-3, first_order: bool = False):
+    def __init__(self, learner=None, **options):
         super().__init__()
-        self._options = dict(hidden=hidden, inner_steps=inner_steps,
-                             test_inner_steps=test_inner_steps, meta_batch=meta_batch,
-                             inner_lr=inner_lr, outer_lr=outer_lr, first_order=first_order)
+        defaults = self.option_defaults("sine")
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise ValueError(f"tiny: unknown option(s) {unknown}; valid options: {sorted(defaults)}")
+        self._options = {**defaults, **options}
+        hidden, inner_lr = self._options["hidden"], self._options["inner_lr"]
         self.hidden = hidden
         w1, w2 = nn.Linear(1, hidden), nn.Linear(hidden, 1)
         flat = torch.cat([w1.weight.reshape(-1), w1.bias, w2.weight.reshape(-1), w2.bias])
@@ -40,8 +41,8 @@ class TinyMetaSGD(MetaAlgorithm):
         self.calls = 0
 
     @classmethod
-    def option_defaults(cls, task: str) -> dict:
-        return dict(hidden=16, inner_steps=1, test_inner_steps=1, meta_batch=4, inner_lr=0.02,
+    def option_defaults(cls, task: str, ways=None) -> dict:
+        return dict(hidden=16, inner_steps=1, test_inner_steps=1, meta_batch_size=4, inner_lr=0.02,
                     outer_lr=3e-3, first_order=False)
 
     def options(self) -> dict:
@@ -49,7 +50,7 @@ class TinyMetaSGD(MetaAlgorithm):
 
     @property
     def meta_batch_size(self) -> int:
-        return self._options["meta_batch"]
+        return self._options["meta_batch_size"]
 
     @property
     def outer_lr(self) -> float:
@@ -95,27 +96,28 @@ class TinyMetaSGD(MetaAlgorithm):
         steps = self._options["test_inner_steps"] if steps is None else steps
         with torch.enable_grad():
             theta = self._adapt(batch, steps, create_graph=False).detach()
+        x_grid = x_grid.expand(batch.num_tasks, -1, -1)  # (G, 1) -> (B, G, 1)
         with torch.no_grad():
             before = self._forward(self.theta0.expand(batch.num_tasks, -1), x_grid)
             return before, self._forward(theta, x_grid)
 
     def gate_trace(self, batch):
-        # Stand-in for the LSTM's gates, shaped like them: (steps, coordinates) sigmoid values.
-        steps = self._options["test_inner_steps"]
-        scale = torch.arange(1, steps + 1, dtype=torch.float32).unsqueeze(1)
-        return {"input": torch.sigmoid(self.alpha.detach() * scale),
-                "forget": torch.sigmoid(self.theta0.detach() * scale)}
+        # Stand-in for the LSTM's gates, shaped like them: (tasks, steps, coordinates) sigmoid
+        # values of 5 sampled coordinates and (tasks, steps) means over all coordinates.
+        scale = torch.arange(1, 4, dtype=torch.float32).reshape(1, 3, 1)
+        trace = {}
+        for gate, source in (("input", self.alpha), ("forget", self.theta0)):
+            values = torch.sigmoid(source.detach() * scale).expand(batch.num_tasks, -1, -1)
+            trace[f"{gate}_gate"], trace[f"{gate}_gate_mean"] = values[..., :5], values.mean(-1)
+        return trace
 
 
 @pytest.fixture
 def tiny_registry(monkeypatch):
-    """Route learnedopt.experiment's algorithm/learner construction to TinyMetaSGD under the
-    name "tiny" (the real registry keeps serving every other name)."""
-    real_class, real_build = experiment.algorithm_class, experiment.build_algorithm
-    real_learner = experiment.build_learner
-
-    def algorithm_class(name):
-        return TinyMetaSGD if name == "tiny" else real_class(name)
+    """Route learnedopt.experiment's construction to TinyMetaSGD for the algorithm name "tiny"
+    (every other name still reaches the real learnedopt.algorithms)."""
+    real_build, real_learner = experiment.build_algorithm, experiment.build_learner
+    real_default = experiment.default_learner_spec
 
     def build_algorithm(name, learner, options):
         return TinyMetaSGD(learner, **options) if name == "tiny" else real_build(name, learner, options)
@@ -123,8 +125,9 @@ def tiny_registry(monkeypatch):
     def build_learner(spec):
         return spec if spec.get("name") == "tiny-mlp" else real_learner(spec)
 
-    monkeypatch.setattr(experiment, "algorithm_class", algorithm_class)
+    def default_learner_spec(task_spec, sampler):
+        return {"name": "tiny-mlp"} if task_spec["name"] == "sine" else real_default(task_spec, sampler)
+
     monkeypatch.setattr(experiment, "build_algorithm", build_algorithm)
     monkeypatch.setattr(experiment, "build_learner", build_learner)
-    monkeypatch.setattr(experiment, "default_learner_spec",
-                        lambda task, sampler: {"name": "tiny-mlp"})
+    monkeypatch.setattr(experiment, "default_learner_spec", default_learner_spec)

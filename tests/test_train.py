@@ -115,7 +115,7 @@ def test_run_directory_contents(tmp_path):
     assert all(r["tasks"] == 20 and r["loss_ci95"] > 0 for r in val)
     last = load_checkpoint(run / "last.pt")
     assert last["metrics"] == records
-    assert last["algorithm"] == "tiny" and last["options"]["meta_batch"] == 4
+    assert last["algorithm"] == "tiny" and last["options"]["meta_batch_size"] == 4
     assert last["task"] == {"name": "sine", "shots": 5, "queries": 5}
     assert last["protocol"]["k_shot"] == 5
 
@@ -135,7 +135,7 @@ def test_bad_configs_are_rejected(tmp_path):
         train(config(tmp_path / "b", backend="fast"))
     with pytest.raises(ValueError, match="task\\['name'\\] must be one of"):
         train(config(tmp_path / "c", task={"name": "mnist"}))
-    with pytest.raises(ValueError, match="has no option\\(s\\) \\['inner_lrr'\\]"):
+    with pytest.raises(ValueError, match="unknown option\\(s\\) \\['inner_lrr'\\]"):
         train(config(tmp_path / "d", options={"inner_lrr": 0.1}))
 
 
