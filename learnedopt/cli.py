@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 
 MAIN_EPILOG = """\
-quick start (meta-trains MAML on sine in a few minutes on a laptop CPU, meta-tests it on 2,000
-tasks and writes plots):
+quick start (meta-trains Meta-SGD on 10-shot sine in about two minutes on a laptop CPU,
+meta-tests it on 2,000 tasks and writes plots):
   learnedopt demo --out runs/demo
 
 step by step:
@@ -72,7 +72,9 @@ examples:
 Needs matplotlib (pip install matplotlib).
 """
 
-DEMO_ITERATIONS = 5000
+# Meta-SGD learns sine in few iterations (val MSE ~0.4 after 3,000 meta-batches of 10 tasks,
+# about 100 s on one CPU core); MAML needs tens of thousands for the same.
+DEMO_ALGORITHM, DEMO_ITERATIONS, DEMO_META_BATCH = "metasgd", 3000, 10
 
 # The common algorithm flags and the option each sets (see each algorithm's option_defaults).
 OPTION_FLAGS = {"inner_steps": "inner_steps", "test_inner_steps": "test_inner_steps",
@@ -255,12 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Meta-train on 10-shot sine regression, meta-test on 2,000 "
                                    "tasks, print the result and write plots, all in --out. "
                                    "Running it again finishes or reuses the same run.",
-                       epilog="example:\n  learnedopt demo --out runs/demo\n"
-                              "  learnedopt demo --algorithm turtle --iterations 3000 --out runs/t")
+                       epilog="examples:\n  learnedopt demo --out runs/demo\n"
+                              "  learnedopt demo --algorithm maml --iterations 20000 --out runs/maml")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--algorithm", default="maml", help="(default: maml)")
+    p.add_argument("--algorithm", default=DEMO_ALGORITHM, help=f"(default: {DEMO_ALGORITHM})")
     p.add_argument("--iterations", type=_positive_int, default=DEMO_ITERATIONS,
                    help=f"meta-iterations (default: {DEMO_ITERATIONS})")
+    p.add_argument("--meta-batch", type=_positive_int, default=DEMO_META_BATCH,
+                   help=f"tasks per meta-update (default: {DEMO_META_BATCH}, fewer than the "
+                        f"papers' 25 so that the demo takes minutes)")
     p.add_argument("--tasks", type=_positive_int, default=2000,
                    help="meta-test tasks (default: 2000)")
     p.add_argument("--seed", type=int, default=0)
@@ -348,7 +353,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from learnedopt.train import TrainConfig, train
     out = Path(args.out)
     config = TrainConfig(algorithm=args.algorithm, task={"name": "sine", "shots": 10, "queries": 10},
-                         out=str(out / "run"), iterations=args.iterations,
+                         out=str(out / "run"), options={"meta_batch_size": args.meta_batch},
+                         iterations=args.iterations,
                          val_every=max(1, args.iterations // 10), val_tasks=100, seed=args.seed,
                          device=args.device, backend=args.backend,
                          progress=False if args.no_progress else None)

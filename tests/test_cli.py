@@ -48,7 +48,7 @@ def test_main_help_through_python_m():
     (["plot", "sine-fit"], ["--steps"]),
     (["plot", "ways"], ["results"]),
     (["info"], ["fused"]),
-    (["demo"], ["--iterations", "example:"]),
+    (["demo"], ["--iterations", "examples:"]),
 ])
 def test_subcommand_help(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -140,6 +140,21 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys, tiny_registry):
         assert main([*args, "--out", str(out)]) == 0, name
         assert out.read_bytes()[:8] == PNG_SIGNATURE, name
         assert out.stat().st_size > 5000, name
+
+
+def test_demo_runs_and_reruns(tmp_path, capsys, tiny_registry):
+    argv = ["demo", "--algorithm", "tiny", "--iterations", "10", "--meta-batch", "2", "--tasks",
+            "20", "--out", str(tmp_path / "demo"), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "demo" / "result.json").read_text())
+    assert result["protocol"]["tasks"] == 20 and result["protocol"]["shots"] == 10
+    assert f"{result['mean']:.4g}" in printed
+    for name in ("curves.png", "sine_fit.png"):
+        assert (tmp_path / "demo" / name).read_bytes()[:8] == PNG_SIGNATURE
+    # A second call finds the finished run and only re-evaluates: the same model, the same number.
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "demo" / "result.json").read_text())["mean"] == result["mean"]
 
 
 def test_clear_errors(tmp_path, capsys, tiny_registry):
