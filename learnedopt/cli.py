@@ -359,7 +359,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          device=args.device, backend=args.backend,
                          progress=False if args.no_progress else None)
     print(f"1/3 meta-training {args.algorithm} on 10-shot sine for {args.iterations} iterations")
-    run_dir = train(config, resume=True)
+    run_dir = train(config, resume=(out / "run" / "last.pt").exists())
     print(f"2/3 meta-testing {run_dir / 'best.pt'} on {args.tasks} tasks")
     result = evaluate_checkpoint(run_dir / "best.pt", num_tasks=args.tasks, device=args.device,
                                  backend=args.backend, command=args.command_line)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -50,7 +51,10 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Pa
     val_metric, all_positive = None, True
     for run in runs:
         records = load_metrics(run)
-        label = Path(run).name if Path(run).is_dir() else Path(run).parent.name
+        run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+        label = run_dir.name
+        if (run_dir / "config.json").is_file():
+            label = f"{json.loads((run_dir / 'config.json').read_text())['algorithm']} ({label})"
         train = [r for r in records if r.get("split") == "train"]
         val = [r for r in records if r.get("split") == "val"]
         all_positive &= all(r["meta_loss"] > 0 for r in train)
@@ -69,7 +73,11 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Pa
     ax_val.set(xlabel="meta-iteration", ylabel=f"validation {val_metric or ''}",
                title="validation (mean ± 95% CI)")
     if all_positive:  # MSE / cross-entropy span decades; TAML-style penalties can go negative
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
         ax_train.set_yscale("log")
+        ax_train.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_train.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax_train.yaxis.set_minor_formatter(NullFormatter())
     for ax in (ax_train, ax_val):
         ax.grid(alpha=0.3)
         if len(runs) > 1:
