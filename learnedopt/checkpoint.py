@@ -15,6 +15,8 @@ Layout (``FORMAT`` = "learnedopt-checkpoint/1")::
      "rng": {...},                       # torch + task-generator states (bitwise resume)
      "best": {"iteration", "metric", "value", "higher_is_better"},
      "metrics": [...],                   # every record of metrics.jsonl so far
+     "window": {...},                    # train metrics summed since the last log record
+     "elapsed_s": 12.5,                  # training wall time so far
      "versions": {"learnedopt", "torch"}}
 
 ``learnedopt.optim.*.from_pretrained`` reads only "format", "algorithm", "options" and

@@ -292,9 +292,13 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from learnedopt.checkpoint import load_checkpoint
     from learnedopt.train import train
     run_dir = train(_train_config(args), resume=args.resume)
-    print(f"run written to {run_dir} (best model: {run_dir / 'best.pt'})")
+    best = load_checkpoint(run_dir / "best.pt")["best"]
+    chosen = ("" if best["iteration"] is None else
+              f", validation {best['metric']} {best['value']:.4g} at iteration {best['iteration']}")
+    print(f"run written to {run_dir}; best model: {run_dir / 'best.pt'}{chosen}")
     return 0
 
 

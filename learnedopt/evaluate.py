@@ -93,7 +93,8 @@ def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps:
                                                              else "second-order"),
         "batch_norm": options.get("bn_mode"),
         "meta_batch": options.get("meta_batch_size"),
-        "iterations": int(checkpoint["iteration"]),
+        "iterations": int(checkpoint["iteration"]),  # of the evaluated (e.g. best) model
+        "run_iterations": checkpoint.get("config", {}).get("iterations"),
         "train_seed": checkpoint.get("config", {}).get("seed"),
         "test_seed": seed,
         "tasks": num_tasks,

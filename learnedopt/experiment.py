@@ -50,6 +50,13 @@ def build_learner(spec: dict[str, Any]):
     return learners.build_learner(spec)
 
 
+def check_algorithm_name(name: str) -> None:
+    """Refuse an unknown algorithm before anything slow (decoding a data set) happens."""
+    from learnedopt import algorithms
+    if name not in algorithms.ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; available: {sorted(algorithms.ALGORITHMS)}")
+
+
 def build_algorithm(name: str, learner, options: dict[str, Any]):
     """``options`` override the algorithm's defaults for the learner's task; unknown names and
     mistyped values are refused by the algorithm with the list of valid options."""

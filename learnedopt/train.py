@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
-    progress: bool | None = None              # None: only when stderr is a terminal
+    progress: bool | None = None              # None: a bar on a terminal, val lines otherwise
 
     # Fields a resumed run may change without changing what is computed.
     RESUMABLE_CHANGES = ("iterations", "progress", "out")
@@ -107,6 +107,7 @@ class _Trainer:
         if checkpoint is not None:
             _check_same_run(checkpoint.get("config", {}), config)
 
+        experiment.check_algorithm_name(config.algorithm)
         # Initialisation draws from the global RNG: seed it before anything is built.
         torch.manual_seed(config.seed)
         self.sampler = experiment.build_sampler(config.task, self.device)
@@ -266,9 +267,12 @@ class _Trainer:
             # meta-parameter, not only the ones a particular learner happens to expose.
             save_checkpoint(self.run_dir / "best.pt", self._checkpoint())
         self._log(record)
+        line = (f"[{self.iteration}/{self.config.iterations}] val {self.metric} {value:.4g} "
+                f"± {record[f'{self.metric}_ci95'] or 0:.2g}" + (" (best)" if improved else ""))
         if not bar.disable:
-            bar.write(f"[{self.iteration}] val {self.metric} {value:.4g}"
-                      + (" (best)" if improved else ""))
+            bar.write(line)
+        elif self.config.progress is None:  # no terminal (a log file): one line per validation
+            print(line, file=sys.stderr, flush=True)
 
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig) -> None:

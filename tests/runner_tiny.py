@@ -117,7 +117,7 @@ def tiny_registry(monkeypatch):
     """Route learnedopt.experiment's construction to TinyMetaSGD for the algorithm name "tiny"
     (every other name still reaches the real learnedopt.algorithms)."""
     real_build, real_learner = experiment.build_algorithm, experiment.build_learner
-    real_default = experiment.default_learner_spec
+    real_default, real_check = experiment.default_learner_spec, experiment.check_algorithm_name
 
     def build_algorithm(name, learner, options):
         return TinyMetaSGD(learner, **options) if name == "tiny" else real_build(name, learner, options)
@@ -128,6 +128,8 @@ def tiny_registry(monkeypatch):
     def default_learner_spec(task_spec, sampler):
         return {"name": "tiny-mlp"} if task_spec["name"] == "sine" else real_default(task_spec, sampler)
 
+    monkeypatch.setattr(experiment, "check_algorithm_name",
+                        lambda name: None if name == "tiny" else real_check(name))
     monkeypatch.setattr(experiment, "build_algorithm", build_algorithm)
     monkeypatch.setattr(experiment, "build_learner", build_learner)
     monkeypatch.setattr(experiment, "default_learner_spec", default_learner_spec)
