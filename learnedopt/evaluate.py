@@ -73,7 +73,7 @@ def primary_metric(kind: str) -> tuple[str, bool]:
 
 
 def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps: int | None,
-             seed: int) -> dict[str, Any]:
+             seed: int, batch_size: int) -> dict[str, Any]:
     options = checkpoint["options"]
     task = checkpoint.get("task", {})
     sampler_config = checkpoint.get("protocol", {})
@@ -98,6 +98,9 @@ def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps:
         "train_seed": checkpoint.get("config", {}).get("seed"),
         "test_seed": seed,
         "tasks": num_tasks,
+        # The samplers draw each batch of fixed tasks in one go, so which tasks the seed gives
+        # depends on the batch size too: part of the protocol.
+        "task_batch": batch_size,
         "sampler": sampler_config,
     }
 
@@ -143,7 +146,7 @@ def evaluate_checkpoint(path: str | os.PathLike, num_tasks: int | None = None,
         "mean": metrics[metric]["mean"],
         "ci95": metrics[metric]["ci95"],
         "metrics": metrics,
-        "protocol": protocol(checkpoint, split, num_tasks, test_steps, seed),
+        "protocol": protocol(checkpoint, split, num_tasks, test_steps, seed, batch_size),
         "options": checkpoint["options"],
         "learner": checkpoint.get("learner"),
         "backend": backend_line,

@@ -114,7 +114,7 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys, tiny_registry):
     assert protocol["inner_steps_train"] == 1 and protocol["inner_steps_test"] == 2
     assert protocol["meta_gradient"] == "first-order" and protocol["meta_batch"] == 3
     assert protocol["iterations"] == best["best"]["iteration"] == best["iteration"]
-    assert protocol["train_seed"] == 7 and protocol["test_seed"] == 0
+    assert protocol["train_seed"] == 7 and protocol["test_seed"] == 0 and protocol["task_batch"] == 7
     assert result["backend"] == ops.describe()
     assert result["torch"] == torch.__version__ and result["machine"]["platform"]
     assert result["command"].startswith("learnedopt eval --checkpoint")
