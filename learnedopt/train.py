@@ -50,8 +50,9 @@ class TrainConfig:
     backend: str = "auto"
     progress: bool | None = None              # None: a bar on a terminal, val lines otherwise
 
-    # Fields a resumed run may change without changing what is computed.
-    RESUMABLE_CHANGES = ("iterations", "progress", "out")
+    # Fields a resumed run may change: how long, where, how shown, and the backend (fused and
+    # reference kernels agree to rounding; bitwise equality holds only on the same one).
+    RESUMABLE_CHANGES = ("iterations", "progress", "out", "backend")
 
     def validate(self) -> None:
         for name in ("iterations", "val_every", "val_tasks", "eval_batch", "log_every"):
