@@ -18,7 +18,7 @@ from learnedopt.checkpoint import load_checkpoint
 from learnedopt.cli import main, parse_option
 from learnedopt.evaluate import evaluate_tasks, rebuild_algorithm
 from learnedopt.tasks.sine import SineTasks
-from runner_tiny import tiny_registry  # noqa: F401 (fixture)
+from tests.runner_tiny import tiny_registry  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from learnedopt.checkpoint import load_checkpoint
 from learnedopt.evaluate import evaluate_tasks, summarize
 from learnedopt.tasks.sine import SineTasks
 from learnedopt.train import TrainConfig, load_metrics, train
-from runner_tiny import TinyMetaSGD, tiny_registry  # noqa: F401 (fixture)
+from tests.runner_tiny import TinyMetaSGD, tiny_registry  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("tiny_registry")
 
