@@ -98,8 +98,8 @@ def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps:
         "train_seed": checkpoint.get("config", {}).get("seed"),
         "test_seed": seed,
         "tasks": num_tasks,
-        # The samplers draw each batch of fixed tasks in one go, so which tasks the seed gives
-        # depends on the batch size too: part of the protocol.
+        # Tasks adapted at once; the fixed tasks themselves do not depend on it
+        # (learnedopt.tasks.base.fixed_task_batches).
         "task_batch": batch_size,
         "sampler": sampler_config,
     }
