@@ -62,6 +62,35 @@ struct TurtleStep {
   }
 };
 
+// What the CPU and CUDA kernels read and write: n coordinates, contiguous.
+template <typename S>
+struct TurtleForwardArgs {
+  const S* theta;
+  const S* grad;
+  const S* m;
+  const S* alpha;
+  const S* params;  // packed MLP (TurtleNet)
+  S* theta_new;
+  S* m_new;
+  int64_t n;
+};
+
+template <typename S>
+struct TurtleBackwardArgs {
+  const S* d_theta_new;
+  const S* d_m_new;
+  const S* grad;
+  const S* m;
+  const S* alpha;
+  const S* params;
+  S* d_theta;
+  S* d_grad;
+  S* d_m;
+  S* d_alpha;
+  S* d_params;  // packed like params: the sums over all n coordinates
+  int64_t n;
+};
+
 // Runs f(0), ..., f(n - 1); completely unrolled when the count is a compile-time constant kN > 0,
 // so that small per-coordinate arrays indexed by i stay in registers.
 template <int kN, typename F>

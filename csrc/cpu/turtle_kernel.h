@@ -12,34 +12,6 @@
 namespace lo {
 namespace cpu {
 
-template <typename S>
-struct TurtleForwardArgs {
-  const S* theta;
-  const S* grad;
-  const S* m;
-  const S* alpha;
-  const S* params;  // packed MLP (TurtleNet)
-  S* theta_new;
-  S* m_new;
-  int64_t n;
-};
-
-template <typename S>
-struct TurtleBackwardArgs {
-  const S* d_theta_new;
-  const S* d_m_new;
-  const S* grad;
-  const S* m;
-  const S* alpha;
-  const S* params;
-  S* d_theta;
-  S* d_grad;
-  S* d_m;
-  S* d_alpha;
-  S* d_params;  // packed like params: the sums over all n coordinates
-  int64_t n;
-};
-
 struct TurtleKernels {
   void (*forward_f32)(const TurtleForwardArgs<float>&, const TurtleNet&, const TurtleStep<float>&);
   void (*forward_f64)(const TurtleForwardArgs<double>&, const TurtleNet&, const TurtleStep<double>&);
