@@ -410,6 +410,10 @@ def test_bad_inputs_raise_clear_errors():
             fused_op(*ordered)
         with pytest.raises(RuntimeError, match="learnedopt::turtle_step"):
             torch.ops.learnedopt.turtle_step(*ordered)
+    # The C++ messages name the offending layer.
+    with pytest.raises(RuntimeError, match=r"weights\[1\] has dtype"):
+        torch.ops.learnedopt.turtle_step(theta, grad, m, 1, alpha, [weights[0], weights[1].double(),
+                                         weights[2]], biases, 0.9, 10.0)
 
 
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and available("cuda", "turtle_step")),

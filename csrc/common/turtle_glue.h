@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -39,7 +40,9 @@ inline void check_turtle_args(const char* op, const at::Tensor& theta, const at:
   for (int64_t k = 0; k < layers; ++k) {
     const at::Tensor& w = weights[k];
     const at::Tensor& b = biases[k];
-    check_same(op, "weights[k]", w, theta);
+    const std::string w_name = "weights[" + std::to_string(k) + "]";
+    const std::string b_name = "biases[" + std::to_string(k) + "]";
+    check_same(op, w_name.c_str(), w, theta);
     TORCH_CHECK(w.dim() == 2, "learnedopt::", op, ": weights[", k, "] must be 2-D (out, in), got shape ",
                 w.sizes());
     if (k == 0) {
@@ -52,7 +55,7 @@ inline void check_turtle_args(const char* op, const at::Tensor& theta, const at:
     }
     TORCH_CHECK(w.size(0) >= 1 && w.size(0) <= kTurtleMaxWidth, "learnedopt::", op, ": weights[", k,
                 "] has ", w.size(0), " outputs; layer widths must lie in 1..", kTurtleMaxWidth);
-    check_same(op, "biases[k]", b, theta);
+    check_same(op, b_name.c_str(), b, theta);
     TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0), "learnedopt::", op, ": biases[", k,
                 "] has shape ", b.sizes(), ", expected (", w.size(0), ")");
     fan_in = w.size(0);
