@@ -29,7 +29,9 @@ NETS = {
     "odd": (3, [7, 33]),                  # run-time widths
     "odd_gm": (2, [33, 7]),
     "linear": (3, []),                    # a single layer, 3 -> 1
+    "shallow": (2, [20]),                 # the unrolled kernel with no 20 -> 20 layer
 }
+MATRIX_NETS = ["paper", "paper_gm", "odd", "odd_gm", "linear"]
 CAPABILITIES = ("baseline", "avx2", "avx512")
 
 
@@ -188,7 +190,7 @@ def check_against_reference(n, dtype, net, t, grad_clamp, seed=0, equal_nan=Fals
 
 @pytest.mark.parametrize("n", [1, 7, 1000, 100003])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("net", MATRIX_NETS)
 def test_matches_reference(n, dtype, net):
     # Every combination of t and the clamp at the smaller sizes; one at the largest, which is
     # there for the chunking and tails of the parallel loops.
@@ -201,9 +203,15 @@ def test_matches_reference(n, dtype, net):
 def test_every_cpu_capability(capability, monkeypatch):
     # Read by the extension on every call; capabilities this CPU lacks fall back to the best it has.
     monkeypatch.setenv("LEARNEDOPT_CPU_CAPABILITY", capability)
-    for net in ("paper", "odd_gm"):
+    for net in ("paper", "odd_gm", "shallow"):
         for dtype in (torch.float32, torch.float64):
             check_against_reference(1037, dtype, net, 2, 10.0, seed=5)
+
+
+def test_no_coordinates():
+    for t in (0, 2):
+        got = check_against_reference(0, torch.float32, "paper", t, 10.0)
+        assert all(torch.equal(x, torch.zeros_like(x)) for x in got[6:]), "sums over nothing are 0"
 
 
 def test_clamp_derivative_includes_the_bounds():
@@ -275,7 +283,7 @@ def test_non_contiguous_inputs():
 
 
 @pytest.mark.parametrize("t", [0, 2])
-@pytest.mark.parametrize("net", ["paper", "odd_gm", "linear"])
+@pytest.mark.parametrize("net", ["paper", "odd_gm", "linear", "shallow"])
 def test_gradcheck(t, net):
     gen = torch.Generator().manual_seed(4)
     weights, biases = make_net(net, torch.float64, gen)
