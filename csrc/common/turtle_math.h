@@ -13,9 +13,9 @@
 #include "common/scalar_math.h"
 
 #if defined(__CUDACC__)
-#define LO_UNROLL _Pragma("unroll")
+#define LO_TURTLE_UNROLL _Pragma("unroll")
 #else
-#define LO_UNROLL _Pragma("GCC unroll 64")
+#define LO_TURTLE_UNROLL _Pragma("GCC unroll 64")
 #endif
 
 namespace lo {
@@ -96,7 +96,7 @@ struct TurtleBackwardArgs {
 template <int kN, typename F>
 LO_HD void for_n(int n, const F& f) {
   if constexpr (kN > 0) {
-    LO_UNROLL
+    LO_TURTLE_UNROLL
     for (int i = 0; i < kN; ++i) f(i);
   } else {
     for (int i = 0; i < n; ++i) f(i);
