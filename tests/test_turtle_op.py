@@ -19,6 +19,7 @@ import torch
 
 from learnedopt import reference
 from learnedopt.ops import available, turtle_step, use_backend
+from tests.conftest import CPU_CAPABILITIES, cpu_capability
 
 pytestmark = pytest.mark.skipif(not available("cpu", "turtle_step"),
                                 reason="the fused CPU kernels are not built")
@@ -32,7 +33,6 @@ NETS = {
     "shallow": (2, [20]),                 # the unrolled kernel with no 20 -> 20 layer
 }
 MATRIX_NETS = ["paper", "paper_gm", "odd", "odd_gm", "linear"]
-CAPABILITIES = ("baseline", "avx2", "avx512")
 
 
 def make_net(name: str, dtype: torch.dtype, gen: torch.Generator, device="cpu"):
@@ -199,13 +199,13 @@ def test_matches_reference(n, dtype, net):
         check_against_reference(n, dtype, net, t, grad_clamp, seed=n + t)
 
 
-@pytest.mark.parametrize("capability", CAPABILITIES)
-def test_every_cpu_capability(capability, monkeypatch):
-    # Read by the extension on every call; capabilities this CPU lacks fall back to the best it has.
-    monkeypatch.setenv("LEARNEDOPT_CPU_CAPABILITY", capability)
-    for net in ("paper", "odd_gm", "shallow"):
-        for dtype in (torch.float32, torch.float64):
-            check_against_reference(1037, dtype, net, 2, 10.0, seed=5)
+@pytest.mark.parametrize("capability", CPU_CAPABILITIES)
+def test_every_cpu_capability(capability):
+    # Capabilities this CPU lacks fall back to the best it has.
+    with cpu_capability(capability):
+        for net in ("paper", "odd_gm", "shallow"):
+            for dtype in (torch.float32, torch.float64):
+                check_against_reference(1037, dtype, net, 2, 10.0, seed=5)
 
 
 def test_no_coordinates():

@@ -31,7 +31,7 @@ TurtleForwardArgs<S> forward_args(const at::Tensor& theta, const at::Tensor& gra
           m_new.data_ptr<S>(), theta.numel()};
 }
 
-std::tuple<at::Tensor, at::Tensor> turtle_step(const at::Tensor& theta, const at::Tensor& grad,
+std::tuple<at::Tensor, at::Tensor> turtle_step_cpu(const at::Tensor& theta, const at::Tensor& grad,
                                                const at::Tensor& m, int64_t t,
                                                const at::Tensor& alpha, at::TensorList weights,
                                                at::TensorList biases, double beta,
@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor> turtle_step(const at::Tensor& theta, const at
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
            std::vector<at::Tensor>>
-turtle_step_backward(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
+turtle_step_backward_cpu(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
                      const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& m, int64_t t,
                      const at::Tensor& alpha, at::TensorList weights, at::TensorList biases,
                      double beta, double grad_clamp) {
@@ -93,8 +93,8 @@ turtle_step_backward(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(learnedopt, CPU, m) {
-  m.impl("turtle_step", &turtle_step);
-  m.impl("turtle_step_backward", &turtle_step_backward);
+  m.impl("turtle_step", &turtle_step_cpu);
+  m.impl("turtle_step_backward", &turtle_step_backward_cpu);
 }
 
 }  // namespace cpu

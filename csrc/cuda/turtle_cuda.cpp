@@ -2,37 +2,31 @@
 // the MLP, allocation of the outputs and of the backward's scratch, dtype dispatch. The kernels are
 // in turtle_kernel.cu, the per-coordinate math in common/turtle_math.h.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <tuple>
 #include <vector>
 
 #include "common/turtle_glue.h"
+#include "cuda/glue.h"
 #include "cuda/turtle_kernel.h"
 
 namespace lo {
 namespace cuda {
 namespace {
 
-void check_status(Status status, const char* op) {
-  TORCH_CHECK(status != Status::kUnsupportedShape, "learnedopt::", op,
-              ": the network's layers are too wide for this GPU's shared memory");
-  TORCH_CHECK(status == Status::kOk, "learnedopt::", op, ": a CUDA kernel failed to launch (status ",
-              static_cast<int>(status), ")");
-}
-
-std::tuple<at::Tensor, at::Tensor> turtle_step(const at::Tensor& theta, const at::Tensor& grad,
+std::tuple<at::Tensor, at::Tensor> turtle_step_cuda(const at::Tensor& theta, const at::Tensor& grad,
                                                const at::Tensor& m, int64_t t,
                                                const at::Tensor& alpha, at::TensorList weights,
                                                at::TensorList biases, double beta,
                                                double grad_clamp) {
   const char* op = "turtle_step";
   check_turtle_args(op, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp);
-  TORCH_CHECK(theta.is_cuda(), "learnedopt::", op, ": expected CUDA tensors, got ", theta.device());
+  check_cuda(op, "theta", theta);
   const c10::cuda::CUDAGuard guard(theta.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor theta_c = theta.contiguous(), grad_c = grad.contiguous(), m_c = m.contiguous(),
                    alpha_c = alpha.contiguous();
   const PackedTurtleNet packed = pack_turtle_net(weights, biases, t);
@@ -40,13 +34,13 @@ std::tuple<at::Tensor, at::Tensor> turtle_step(const at::Tensor& theta, const at
   Status status;
   if (theta.scalar_type() == at::kFloat) {
     using S = float;
-    status = turtle_forward<S>({theta_c.data_ptr<S>(), grad_c.data_ptr<S>(), m_c.data_ptr<S>(),
+    status = ::lo::cuda::turtle_forward<S>({theta_c.data_ptr<S>(), grad_c.data_ptr<S>(), m_c.data_ptr<S>(),
                                 alpha_c.data_ptr<S>(), packed.params.data_ptr<S>(),
                                 theta_new.data_ptr<S>(), m_new.data_ptr<S>(), theta.numel()},
                                packed.net, make_turtle_step<S>(t, beta, grad_clamp), stream);
   } else {
     using S = double;
-    status = turtle_forward<S>({theta_c.data_ptr<S>(), grad_c.data_ptr<S>(), m_c.data_ptr<S>(),
+    status = ::lo::cuda::turtle_forward<S>({theta_c.data_ptr<S>(), grad_c.data_ptr<S>(), m_c.data_ptr<S>(),
                                 alpha_c.data_ptr<S>(), packed.params.data_ptr<S>(),
                                 theta_new.data_ptr<S>(), m_new.data_ptr<S>(), theta.numel()},
                                packed.net, make_turtle_step<S>(t, beta, grad_clamp), stream);
@@ -57,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> turtle_step(const at::Tensor& theta, const at
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
            std::vector<at::Tensor>>
-turtle_step_backward(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
+turtle_step_backward_cuda(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
                      const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& m, int64_t t,
                      const at::Tensor& alpha, at::TensorList weights, at::TensorList biases,
                      double beta, double grad_clamp) {
@@ -67,9 +61,9 @@ turtle_step_backward(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
   check_shape(op, "grad_theta_new", d_theta_new, theta.sizes());
   check_same(op, "grad_m_new", d_m_new, theta);
   check_shape(op, "grad_m_new", d_m_new, theta.sizes());
-  TORCH_CHECK(theta.is_cuda(), "learnedopt::", op, ": expected CUDA tensors, got ", theta.device());
+  check_cuda(op, "theta", theta);
   const c10::cuda::CUDAGuard guard(theta.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor dt_c = d_theta_new.contiguous(), dm_c = d_m_new.contiguous(),
                    grad_c = grad.contiguous(), m_c = m.contiguous(), alpha_c = alpha.contiguous();
   const PackedTurtleNet packed = pack_turtle_net(weights, biases, t);
@@ -82,14 +76,14 @@ turtle_step_backward(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
   Status status;
   if (theta.scalar_type() == at::kFloat) {
     using S = float;
-    status = turtle_backward<S>(
+    status = ::lo::cuda::turtle_backward<S>(
         {dt_c.data_ptr<S>(), dm_c.data_ptr<S>(), grad_c.data_ptr<S>(), m_c.data_ptr<S>(),
          alpha_c.data_ptr<S>(), packed.params.data_ptr<S>(), d_theta.data_ptr<S>(),
          d_grad.data_ptr<S>(), d_m.data_ptr<S>(), d_alpha.data_ptr<S>(), d_params.data_ptr<S>(), n},
         packed.net, make_turtle_step<S>(t, beta, grad_clamp), scratch.data_ptr(), stream);
   } else {
     using S = double;
-    status = turtle_backward<S>(
+    status = ::lo::cuda::turtle_backward<S>(
         {dt_c.data_ptr<S>(), dm_c.data_ptr<S>(), grad_c.data_ptr<S>(), m_c.data_ptr<S>(),
          alpha_c.data_ptr<S>(), packed.params.data_ptr<S>(), d_theta.data_ptr<S>(),
          d_grad.data_ptr<S>(), d_m.data_ptr<S>(), d_alpha.data_ptr<S>(), d_params.data_ptr<S>(), n},
@@ -103,8 +97,8 @@ turtle_step_backward(const at::Tensor& d_theta_new, const at::Tensor& d_m_new,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(learnedopt, CUDA, m) {
-  m.impl("turtle_step", &turtle_step);
-  m.impl("turtle_step_backward", &turtle_step_backward);
+  m.impl("turtle_step", &turtle_step_cuda);
+  m.impl("turtle_step_backward", &turtle_step_backward_cuda);
 }
 
 }  // namespace cuda

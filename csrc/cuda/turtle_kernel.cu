@@ -6,6 +6,7 @@
 // stages a tile of coordinates' dz and layer inputs in shared memory, and each of its threads adds
 // the tile's sum for the parameters it owns, in a fixed order, to the block's row of double
 // partials; a second kernel adds the rows in block order.
+#include "cuda/errors.h"
 #include "cuda/turtle_kernel.h"
 
 namespace lo {
@@ -13,7 +14,6 @@ namespace cuda {
 namespace {
 
 constexpr int kForwardThreads = 256;
-constexpr int64_t kForwardMaxBlocks = 65535;
 constexpr int64_t kMaxBackwardBlocks = 1024;
 constexpr int64_t kMaxScratchBytes = int64_t(64) << 20;
 constexpr int kReduceThreads = 256;
@@ -140,20 +140,19 @@ int max_shared_bytes() {
 template <typename Kernel, typename... Args>
 Status launch(Kernel kernel, int64_t blocks, int threads, int64_t shared, cudaStream_t stream,
               Args... args) {
-  if (shared > (48 << 10) &&
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)) !=
-          cudaSuccess) {
-    return Status::kLaunchFailed;
+  if (shared > (48 << 10)) {
+    LO_RETURN_IF_CUDA_ERROR(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   }
   kernel<<<dim3(unsigned(blocks)), dim3(threads), size_t(shared), stream>>>(args...);
-  return cudaGetLastError() == cudaSuccess ? Status::kOk : Status::kLaunchFailed;
+  LO_RETURN_IF_LAUNCH_FAILED();
+  return Status::kOk;
 }
 
 template <int kH, typename S>
 Status forward_with(const TurtleForwardArgs<S>& a, const TurtleNet& net, const TurtleStep<S>& st,
                     cudaStream_t stream) {
-  int64_t blocks = (a.n + kForwardThreads - 1) / kForwardThreads;
-  if (blocks > kForwardMaxBlocks) blocks = kForwardMaxBlocks;
+  const int64_t blocks = grid_size(a.n, kForwardThreads);
   const int64_t param_bytes = net.num_params * int64_t(sizeof(S));
   if (param_bytes <= max_shared_bytes())
     return launch(turtle_forward_kernel<kH, true, S>, blocks, kForwardThreads, param_bytes, stream, a,

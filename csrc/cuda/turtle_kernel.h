@@ -2,7 +2,7 @@
 // int64 sizes, the caller's stream in, a Status out; the torch glue is turtle_cuda.cpp.
 #pragma once
 
-#include <cuda_runtime_api.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
