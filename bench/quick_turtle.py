@@ -1,7 +1,7 @@
 """Quick timing of turtle_step, fused vs the pure-PyTorch reference (a development aid; the
 benchmark numbers to quote come from the bench/ suite).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. python3 bench/quick_turtle.py [--n 1000000] [--threads 2] [--compile]
+    OMP_NUM_THREADS=2 python3 -m bench.quick_turtle [--n 1000000] [--threads 2] [--compile]
 
 Times forward, and forward + backward (every input's gradient), for the paper's 3 -> 5 x 20 -> 1
 network in float32, and prints the reference / fused ratios.
