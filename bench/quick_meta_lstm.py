@@ -1,7 +1,7 @@
 """Dev aid: quick timings of the fused meta_lstm_step against the eager and torch.compile'd
 reference (float32). Not the project's benchmark (that is bench/'s job); numbers vary with load.
 
-    OMP_NUM_THREADS=2 python3 bench/quick_meta_lstm.py --n 1000000 --threads 2
+    PYTHONPATH=. OMP_NUM_THREADS=2 python3 bench/quick_meta_lstm.py --n 1000000 --threads 2
 """
 
 from __future__ import annotations

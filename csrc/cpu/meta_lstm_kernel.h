@@ -82,27 +82,42 @@ inline void store_lanes(S* x, int64_t j, int w, V v) {
   }
 }
 
-// ... and of an (n, H) matrix, transposed so that out[m] holds column m of the W rows.
+// ... and of an (n, H) matrix, transposed so that out[m] holds column m of the W rows. The
+// transposition goes through a lane-major buffer with plain loops of fixed trip counts, which the
+// compiler turns into gathers/shuffles; element-wise lane inserts into a vector register do not.
 template <int HC, typename S, typename V, int W>
-inline void load_rows(const S* x, int64_t j, int w, int H, V* out) {
+inline void load_rows(const S* LO_RESTRICT x, int64_t j, int w, int H, V* out) {
+  constexpr int kH = HiddenArray<HC>::size;
   const int h = HC > 0 ? HC : H;
-  if (w < W) {
-    for (int m = 0; m < h; ++m) out[m] = splat<V>(0);
-  }
   const S* row = x + j * h;
-  for (int l = 0; l < w; ++l) {
-    LO_UNROLL
-    for (int m = 0; m < h; ++m) lane<S>(out[m], l) = row[l * h + m];
+  alignas(64) S buf[kH * W];
+  if (w == W && HC > 0) {
+    for (int m = 0; m < kH; ++m) {
+      for (int l = 0; l < W; ++l) buf[m * W + l] = row[l * kH + m];
+    }
+  } else {
+    for (int m = 0; m < h; ++m) {
+      for (int l = 0; l < W; ++l) buf[m * W + l] = l < w ? row[l * h + m] : S(0);
+    }
   }
+  for (int m = 0; m < h; ++m) std::memcpy(&out[m], buf + m * W, sizeof(V));
 }
 
 template <int HC, typename S, typename V, int W>
-inline void store_rows(S* x, int64_t j, int w, int H, V* in) {
+inline void store_rows(S* LO_RESTRICT x, int64_t j, int w, int H, const V* in) {
+  constexpr int kH = HiddenArray<HC>::size;
   const int h = HC > 0 ? HC : H;
   S* row = x + j * h;
-  for (int l = 0; l < w; ++l) {
-    LO_UNROLL
-    for (int m = 0; m < h; ++m) row[l * h + m] = lane<S>(in[m], l);
+  alignas(64) S buf[kH * W];
+  for (int m = 0; m < h; ++m) std::memcpy(buf + m * W, &in[m], sizeof(V));
+  if (w == W && HC > 0) {
+    for (int l = 0; l < W; ++l) {
+      for (int m = 0; m < kH; ++m) row[l * kH + m] = buf[m * W + l];
+    }
+  } else {
+    for (int l = 0; l < w; ++l) {
+      for (int m = 0; m < h; ++m) row[l * h + m] = buf[m * W + l];
+    }
   }
 }
 
