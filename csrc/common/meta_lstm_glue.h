@@ -54,6 +54,17 @@ inline MetaLSTMShape check_meta_lstm_inputs(const char* op, at::TensorList in) {
   return s;
 }
 
+// The gradients of the five outputs (theta_new, h_new, c_new, f, i) given to the backward.
+inline void check_meta_lstm_output_grads(const char* op, at::TensorList grads, at::TensorList inputs) {
+  const char* names[] = {"grad_theta_new", "grad_h_new", "grad_c_new", "grad_f", "grad_i"};
+  const int like[] = {0, 3, 4, 0, 0};  // the input whose shape each output (and gradient) has
+  TORCH_CHECK(grads.size() == 5, "learnedopt::", op, ": expected 5 output gradients");
+  for (int k = 0; k < 5; ++k) {
+    check_same(op, names[k], grads[k], inputs[0]);
+    check_shape(op, names[k], grads[k], inputs[like[k]].sizes());
+  }
+}
+
 // The gradients of the 15 inputs, in schema order.
 using MetaLSTMInputGrads =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

@@ -127,12 +127,7 @@ MetaLSTMInputGrads meta_lstm_step_backward(
                                        w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
   const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
   const std::vector<at::Tensor> raw_g = {g_theta_new, g_h_new, g_c_new, g_f, g_i};
-  const char* g_names[] = {"grad_theta_new", "grad_h_new", "grad_c_new", "grad_f", "grad_i"};
-  const int like[] = {0, 3, 4, 0, 0};  // the input whose shape each output gradient has
-  for (int k = 0; k < 5; ++k) {
-    check_same(op, g_names[k], raw_g[k], theta);
-    check_shape(op, g_names[k], raw_g[k], raw[like[k]].sizes());
-  }
+  check_meta_lstm_output_grads(op, raw_g, raw);
   const std::vector<at::Tensor> in = contiguous(raw), g = contiguous(raw_g);
 
   // Per-coordinate input gradients: theta, grad, h, c, f_prev, i_prev.

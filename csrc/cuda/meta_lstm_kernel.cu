@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/meta_lstm_math.h"
+#include "cuda/errors.h"
 #include "cuda/meta_lstm_kernel.h"
 
 namespace lo {
@@ -186,21 +187,12 @@ __global__ void weight_grads_kernel(const double* sums, MetaLSTMDeviceWeights<S>
   out[e] = static_cast<S>(meta_lstm_weight_grad<D, double>(e, w.hidden, sums, w.w_ih, w.loss[0], w.pp));
 }
 
-Status launched() {
-  const cudaError_t err = cudaGetLastError();
-  if (err == cudaErrorMemoryAllocation) return Status::kOutOfMemory;
-  return err == cudaSuccess ? Status::kOk : Status::kLaunchFailed;
-}
-
 // Dynamic shared memory above the 48 KiB default needs an opt-in per kernel.
 template <typename Kernel>
 Status allow_shared_memory(Kernel kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return Status::kOk;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(bytes)) != cudaSuccess) {
-    cudaGetLastError();  // clear it: the caller reports the shape as unsupported
-    return Status::kUnsupportedShape;
-  }
+  LO_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(bytes)));
   return Status::kOk;
 }
 
@@ -209,21 +201,15 @@ int64_t blocks_for(int64_t work, int threads) { return (work + threads - 1) / th
 template <int HC, int D, typename S>
 Status forward_launch(const MetaLSTMCudaForwardArgs<S>& a, cudaStream_t stream) {
   if (a.n == 0) return Status::kOk;
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    return launched();
-  }
   // Enough blocks to fill the GPU; beyond that, grid-striding amortises the weight staging.
-  int64_t blocks = blocks_for(a.n, kForwardThreads);
-  const int64_t cap = 16 * static_cast<int64_t>(sms);
-  blocks = blocks < cap ? blocks : cap;
+  const int64_t blocks = grid_size(a.n, kForwardThreads);
   const size_t smem = staged_weight_elems<HC, D>(a.w.hidden) * sizeof(S);
   auto kernel = forward_kernel<HC, D, S>;
   const Status st = allow_shared_memory(kernel, smem);
   if (st != Status::kOk) return st;
   kernel<<<static_cast<unsigned>(blocks), kForwardThreads, smem, stream>>>(a);
-  return launched();
+  LO_RETURN_IF_LAUNCH_FAILED();
+  return Status::kOk;
 }
 
 template <int HC, int D, typename S>
@@ -238,19 +224,19 @@ Status backward_launch(const MetaLSTMCudaBackwardArgs<S>& a, cudaStream_t stream
                          static_cast<int64_t>(threads) * (meta_lstm_factor_count(H) + meta_lstm_input_count<D>(H))) *
                         sizeof(S);
     auto kernel = backward_kernel<HC, D, S>;
-    Status st = allow_shared_memory(kernel, smem);
+    const Status st = allow_shared_memory(kernel, smem);
     if (st != Status::kOk) return st;
     kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(a);
-    if ((st = launched()) != Status::kOk) return st;
+    LO_RETURN_IF_LAUNCH_FAILED();
   }
   reduce_partials_kernel<<<static_cast<unsigned>(blocks_for(L.size, kElementwiseThreads)),
                            kElementwiseThreads, 0, stream>>>(a.scratch, blocks, L.size, sums);
-  Status st = launched();
-  if (st != Status::kOk) return st;
+  LO_RETURN_IF_LAUNCH_FAILED();
   const int64_t count = meta_lstm_weight_grad_count<D>(H);
   weight_grads_kernel<D, S><<<static_cast<unsigned>(blocks_for(count, kElementwiseThreads)),
                               kElementwiseThreads, 0, stream>>>(sums, a.w, a.d_weights, count);
-  return launched();
+  LO_RETURN_IF_LAUNCH_FAILED();
+  return Status::kOk;
 }
 
 }  // namespace
