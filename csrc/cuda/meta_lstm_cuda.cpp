@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
     const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f,
     const at::Tensor& b_f, const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps,
     bool strict) {
-  const char* op = "meta_lstm_step";
+  constexpr const char* op = "meta_lstm_step";
   const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
                                        w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
   const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
@@ -71,7 +71,7 @@ MetaLSTMInputGrads meta_lstm_step_backward_cuda(
     const at::Tensor& i_prev, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f, const at::Tensor& b_f,
     const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps, bool strict) {
-  const char* op = "meta_lstm_step_backward";
+  constexpr const char* op = "meta_lstm_step_backward";
   const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
                                        w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
   const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
