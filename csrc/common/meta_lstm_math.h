@@ -40,13 +40,6 @@ struct HiddenArray {
   static constexpr int size = HC > 0 ? HC : kMetaLSTMMaxHidden;
 };
 
-// A shared weight in every lane. splat's `V{} + s` costs an add per use when s is not a constant
-// (x + 0 is not x for x = -0); x - 0 is x for every x, so this folds into a plain broadcast.
-template <typename V, typename S>
-LO_HD V weight(S s) {
-  return static_cast<typename ScalarOf<V>::type>(s) - V{};
-}
-
 // Layer-1 input columns that vary per coordinate: pre(g)1, pre(g)2 (D = 4) or g (D = 1), found at
 // column kGradColumn<D> of w_ih.
 template <int D>
@@ -100,12 +93,12 @@ template <int HC, int D, typename V, typename S>
 LO_HD V meta_lstm_gate(int r, const MetaLSTMParams<S>& P, const V* xg, const V* h) {
   using In = MetaLSTMInput<D>;
   const int H = HC > 0 ? HC : P.hidden;
-  V a = weight<V>(P.gate_bias[r]);
+  V a = splat<V>(P.gate_bias[r]);
   LO_UNROLL
-  for (int d = 0; d < In::grad_columns; ++d) a += weight<V>(P.w_ih[r * D + In::first_grad_column + d]) * xg[d];
+  for (int d = 0; d < In::grad_columns; ++d) a += splat<V>(P.w_ih[r * D + In::first_grad_column + d]) * xg[d];
   const S* w = P.w_hh + static_cast<int64_t>(r) * H;
   LO_UNROLL
-  for (int m = 0; m < H; ++m) a += weight<V>(w[m]) * h[m];
+  for (int m = 0; m < H; ++m) a += splat<V>(w[m]) * h[m];
   return a;
 }
 
@@ -136,11 +129,11 @@ LO_HD void meta_lstm_forward(const MetaLSTMParams<S>& P, V theta, V grad, const 
   for (int k = 0; k < H; ++k) {
     V gi, gf, gg, go, tc;
     meta_lstm_unit<HC, D>(k, P, xg, h, c[k], gi, gf, gg, go, c_new[k], tc, h_new[k]);
-    f_acc += weight<V>(P.w_f[k]) * h_new[k];
-    i_acc += weight<V>(P.w_i[k]) * h_new[k];
+    f_acc += splat<V>(P.w_f[k]) * h_new[k];
+    i_acc += splat<V>(P.w_i[k]) * h_new[k];
   }
-  f = f_acc + weight<V>(P.w_f[H]) * theta + weight<V>(P.w_f[H + 1]) * f_prev + weight<V>(P.b_f[0]);
-  i = i_acc + weight<V>(P.w_i[H]) * theta + weight<V>(P.w_i[H + 1]) * i_prev + weight<V>(P.b_i[0]);
+  f = f_acc + splat<V>(P.w_f[H]) * theta + splat<V>(P.w_f[H + 1]) * f_prev + splat<V>(P.b_f[0]);
+  i = i_acc + splat<V>(P.w_i[H]) * theta + splat<V>(P.w_i[H + 1]) * i_prev + splat<V>(P.b_i[0]);
   theta_new = sigmoid(f) * theta - sigmoid(i) * grad;
 }
 
@@ -177,11 +170,11 @@ LO_HD void meta_lstm_backward(const MetaLSTMParams<S>& P, V theta, V grad, const
     V c_new;
     meta_lstm_unit<HC, D>(k, P, terms.xg, h, c[k], gate_i[k], gate_f[k], gate_g[k], gate_o[k],
                           c_new, tanh_c[k], terms.h_new[k]);
-    f += weight<V>(P.w_f[k]) * terms.h_new[k];
-    i += weight<V>(P.w_i[k]) * terms.h_new[k];
+    f += splat<V>(P.w_f[k]) * terms.h_new[k];
+    i += splat<V>(P.w_i[k]) * terms.h_new[k];
   }
-  f += weight<V>(P.w_f[H]) * theta + weight<V>(P.w_f[H + 1]) * f_prev + weight<V>(P.b_f[0]);
-  i += weight<V>(P.w_i[H]) * theta + weight<V>(P.w_i[H + 1]) * i_prev + weight<V>(P.b_i[0]);
+  f += splat<V>(P.w_f[H]) * theta + splat<V>(P.w_f[H + 1]) * f_prev + splat<V>(P.b_f[0]);
+  i += splat<V>(P.w_i[H]) * theta + splat<V>(P.w_i[H + 1]) * i_prev + splat<V>(P.b_i[0]);
   const V sf = sigmoid(f), si = sigmoid(i);
 
   // Layer 2: theta_new = σ(f) theta - σ(i) grad.
@@ -189,14 +182,14 @@ LO_HD void meta_lstm_backward(const MetaLSTMParams<S>& P, V theta, V grad, const
   const V d_i = g_i - g_theta_new * grad * si * (one - si);
   terms.d_f = d_f;
   terms.d_i = d_i;
-  d_theta = g_theta_new * sf + d_f * weight<V>(P.w_f[H]) + d_i * weight<V>(P.w_i[H]);
-  d_f_prev = d_f * weight<V>(P.w_f[H + 1]);
-  d_i_prev = d_i * weight<V>(P.w_i[H + 1]);
+  d_theta = g_theta_new * sf + d_f * splat<V>(P.w_f[H]) + d_i * splat<V>(P.w_i[H]);
+  d_f_prev = d_f * splat<V>(P.w_f[H + 1]);
+  d_i_prev = d_i * splat<V>(P.w_i[H + 1]);
 
   // Layer 1, unit by unit: h_new = o tanh(c_new), c_new = f c + i g.
   LO_UNROLL_OUTER
   for (int k = 0; k < H; ++k) {
-    const V d_h_new = g_h_new[k] + d_f * weight<V>(P.w_f[k]) + d_i * weight<V>(P.w_i[k]);
+    const V d_h_new = g_h_new[k] + d_f * splat<V>(P.w_f[k]) + d_i * splat<V>(P.w_i[k]);
     const V d_c_new = g_c_new[k] + d_h_new * gate_o[k] * (one - tanh_c[k] * tanh_c[k]);
     d_c[k] = d_c_new * gate_f[k];
     terms.d_gate[k] = d_c_new * gate_g[k] * gate_i[k] * (one - gate_i[k]);
@@ -217,9 +210,9 @@ LO_HD void meta_lstm_backward(const MetaLSTMParams<S>& P, V theta, V grad, const
     const V dr = terms.d_gate[r];
     const S* w = P.w_hh + static_cast<int64_t>(r) * H;
     LO_UNROLL
-    for (int m = 0; m < H; ++m) d_h_acc[m] += dr * weight<V>(w[m]);
+    for (int m = 0; m < H; ++m) d_h_acc[m] += dr * splat<V>(w[m]);
     LO_UNROLL
-    for (int d = 0; d < In::grad_columns; ++d) d_xg[d] += dr * weight<V>(P.w_ih[r * D + In::first_grad_column + d]);
+    for (int d = 0; d < In::grad_columns; ++d) d_xg[d] += dr * splat<V>(P.w_ih[r * D + In::first_grad_column + d]);
   }
   LO_UNROLL
   for (int m = 0; m < H; ++m) d_h[m] = d_h_acc[m];

@@ -9,16 +9,27 @@
 
 namespace lo {
 
-// The element type of a value type: V itself for scalars; simd.h specialises it for vectors.
+// The element type and lane count of a value type: V itself and 1 for scalars; simd.h
+// specialises it for vectors.
 template <typename V>
 struct ScalarOf {
   using type = V;
+  static constexpr int lanes = 1;
 };
 
-// A constant of the value type V: a scalar, or the same number in every SIMD lane.
+// A constant of the value type V: a scalar, or the same number in every SIMD lane. A plain
+// conversion or lane-wise broadcast: `V{} + s` would cost an add per use, which IEEE rules
+// (0 + -0 = +0) forbid the compiler to drop.
 template <typename V, typename S>
 LO_HD V splat(S s) {
-  return V{} + static_cast<typename ScalarOf<V>::type>(s);
+  using T = typename ScalarOf<V>::type;
+  if constexpr (ScalarOf<V>::lanes == 1) {
+    return static_cast<V>(s);
+  } else {
+    V v;
+    for (int l = 0; l < ScalarOf<V>::lanes; ++l) v[l] = static_cast<T>(s);
+    return v;
+  }
 }
 
 // Works for a scalar (bool mask) and for a GCC vector (vector mask) alike.

@@ -118,11 +118,11 @@ LO_SIMD_INLINE V vtanh(V x) {
 }  // namespace simd
 
 template <>
-struct ScalarOf<simd::f32x4> { using type = float; };
+struct ScalarOf<simd::f32x4> { using type = float; static constexpr int lanes = 4; };
 template <>
-struct ScalarOf<simd::f32x8> { using type = float; };
+struct ScalarOf<simd::f32x8> { using type = float; static constexpr int lanes = 8; };
 template <>
-struct ScalarOf<simd::f32x16> { using type = float; };
+struct ScalarOf<simd::f32x16> { using type = float; static constexpr int lanes = 16; };
 
 #define LO_SIMD_MATH(V)                                                              \
   LO_SIMD_INLINE V exp(V x) { return simd::vexp(x); }                                        \
