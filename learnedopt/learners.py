@@ -1,0 +1,308 @@
+"""The base-learners, used functionally over one flat parameter vector theta.
+
+Every algorithm keeps the learner's parameters as a single 1-D tensor (``theta0`` and its adapted
+versions), because the learned update rules are coordinate-wise over that vector. A learner holds
+no parameters itself: it knows the names and shapes of its parameters (:class:`ParamLayout`), how
+to draw an initial theta, and how to run a forward pass with any theta it is given.
+
+    learner = MLP()                                  # 1-40-40-1 ReLU (sine)
+    learner = Conv4(ways=5, in_shape=(1, 28, 28))    # Omniglot
+    theta = learner.init_parameters()
+    out = learner(theta, x)                          # differentiable w.r.t. theta
+    loss = learner.loss(out, y)
+
+Batch norm (Conv4) runs on batch statistics unless a :class:`BatchNormStats` is passed: then the
+support passes accumulate running statistics into it and ``use_running=True`` evaluates with them
+(the Ravi & Larochelle code's meta-test behaviour, SPEC §2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ParamLayout", "BatchNormStats", "Learner", "MLP", "Conv4", "build_learner",
+           "learner_for_task"]
+
+
+class ParamLayout:
+    """Names and shapes of a learner's parameters packed, in order, into one flat vector."""
+
+    def __init__(self, entries: Sequence[tuple[str, tuple[int, ...]]]):
+        self.names = [name for name, _ in entries]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"ParamLayout: duplicate parameter names in {self.names}")
+        self.shapes = {name: tuple(shape) for name, shape in entries}
+        self.offsets: dict[str, int] = {}
+        offset = 0
+        for name, shape in entries:
+            self.offsets[name] = offset
+            offset += math.prod(shape)
+        self.numel = offset
+
+    def slice(self, name: str) -> slice:
+        start = self.offsets[name]
+        return slice(start, start + math.prod(self.shapes[name]))
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Views of ``theta`` (no copies) shaped as the named parameters."""
+        if theta.dim() != 1 or theta.shape[0] != self.numel:
+            raise ValueError(f"expected a flat parameter vector of shape ({self.numel},), "
+                             f"got {tuple(theta.shape)}")
+        return {name: theta[self.slice(name)].view(self.shapes[name]) for name in self.names}
+
+    def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
+        """The flat vector of named tensors (one copy, in layout order)."""
+        missing = [n for n in self.names if n not in tensors]
+        if missing:
+            raise ValueError(f"flatten: missing parameters {missing}")
+        for name in self.names:
+            if tuple(tensors[name].shape) != self.shapes[name]:
+                raise ValueError(f"flatten: {name} has shape {tuple(tensors[name].shape)}, "
+                                 f"expected {self.shapes[name]}")
+        return torch.cat([tensors[name].reshape(-1) for name in self.names])
+
+
+@dataclass
+class BatchNormStats:
+    """Per-task running batch-norm statistics, one (mean, var) pair per batch-norm layer.
+
+    ``momentum=None`` is a cumulative average over the support passes (every step weighs the
+    same; with only a few steps an exponential average would still be dominated by its 0/1
+    start); a float is torch's exponential ``momentum``.
+    """
+    mean: list[Tensor]
+    var: list[Tensor]
+    momentum: float | None = None
+    updates: int = 0
+    _factor: float = field(default=0.0, repr=False)
+
+    def begin_update(self) -> float:
+        """The momentum factor of this pass (called once per forward pass that updates)."""
+        self.updates += 1
+        self._factor = 1.0 / self.updates if self.momentum is None else self.momentum
+        return self._factor
+
+
+class Learner:
+    """A functional base-learner: a :class:`ParamLayout`, an initialiser and a forward pass."""
+
+    kind: str  # "regression" or "classification"
+    layout: ParamLayout
+    head_names: tuple[str, ...]  # parameters of the output layer (replaced by transfer baselines)
+
+    @property
+    def num_params(self) -> int:
+        return self.layout.numel
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def init_parameters(self, generator: torch.Generator | None = None, device=None,
+                        dtype: torch.dtype = torch.float32) -> Tensor:
+        raise NotImplementedError
+
+    def features(self, theta: Tensor, x: Tensor, bn: BatchNormStats | None = None,
+                 use_running: bool = False) -> Tensor:
+        """The representation fed to the output layer, (N, feature_size)."""
+        raise NotImplementedError
+
+    @property
+    def feature_size(self) -> int:
+        raise NotImplementedError
+
+    def head(self, theta: Tensor, features: Tensor) -> Tensor:
+        p = self.layout.unflatten(theta)
+        return F.linear(features, p["head.weight"], p["head.bias"])
+
+    def __call__(self, theta: Tensor, x: Tensor, bn: BatchNormStats | None = None,
+                 use_running: bool = False) -> Tensor:
+        return self.head(theta, self.features(theta, x, bn, use_running))
+
+    def loss(self, output: Tensor, y: Tensor) -> Tensor:
+        """MSE for regression, cross-entropy for classification (mean over the examples)."""
+        if self.kind == "regression":
+            return F.mse_loss(output, y)
+        return F.cross_entropy(output, y)
+
+    def metrics(self, output: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """{"loss"} for regression, {"loss", "accuracy"} for classification (0-d tensors)."""
+        result = {"loss": self.loss(output, y)}
+        if self.kind == "classification":
+            result["accuracy"] = (output.argmax(dim=1) == y).float().mean()
+        return result
+
+    def new_bn_stats(self, device=None, dtype: torch.dtype = torch.float32,
+                     momentum: float | None = None) -> BatchNormStats | None:
+        """Fresh running statistics for one task, or None for a learner without batch norm."""
+        return None
+
+
+def _uniform(shape, bound: float, generator, device, dtype) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=device if generator is None else
+                   generator.device, dtype=dtype)
+    return ((2.0 * u - 1.0) * bound).to(device)
+
+
+class MLP(Learner):
+    """Fully connected ReLU network; the default 1-40-40-1 is MAML's sine learner."""
+
+    kind = "regression"
+    head_names = ("head.weight", "head.bias")
+
+    def __init__(self, sizes: Sequence[int] = (1, 40, 40, 1)):
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"MLP: sizes must be at least (in, out) with every size >= 1, got {sizes}")
+        self.sizes = sizes
+        entries = []
+        for k, (fan_in, fan_out) in enumerate(zip(sizes[:-2], sizes[1:-1])):
+            entries += [(f"hidden{k}.weight", (fan_out, fan_in)), (f"hidden{k}.bias", (fan_out,))]
+        entries += [("head.weight", (sizes[-1], sizes[-2])), ("head.bias", (sizes[-1],))]
+        self.layout = ParamLayout(entries)
+
+    def config(self) -> dict:
+        return {"name": "mlp", "sizes": list(self.sizes)}
+
+    @property
+    def feature_size(self) -> int:
+        return self.sizes[-2]
+
+    def init_parameters(self, generator=None, device=None, dtype=torch.float32) -> Tensor:
+        # torch.nn.Linear's default: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        parts = []
+        for name in self.layout.names:
+            shape = self.layout.shapes[name]
+            fan_in = self.layout.shapes[name.replace(".bias", ".weight")][1]
+            parts.append(_uniform(shape, 1.0 / math.sqrt(fan_in), generator, device, dtype).reshape(-1))
+        return torch.cat(parts)
+
+    def features(self, theta, x, bn=None, use_running=False) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"MLP: input must have shape (N, {self.sizes[0]}), got {tuple(x.shape)}")
+        p = self.layout.unflatten(theta)
+        h = x
+        for k in range(len(self.sizes) - 2):
+            h = torch.relu(F.linear(h, p[f"hidden{k}.weight"], p[f"hidden{k}.bias"]))
+        return h
+
+
+class Conv4(Learner):
+    """4 × [conv 3×3 (padding 1 or 0), batch norm, ReLU, max-pool 2] + a linear head to ``ways``.
+
+    The head's input size follows from ``in_shape`` (C, H, W): 64 for 1×28×28 with padding,
+    ``filters``·25 for 3×84×84. Batch-norm scale and shift are part of theta.
+    """
+
+    kind = "classification"
+    head_names = ("head.weight", "head.bias")
+    BLOCKS = 4
+
+    def __init__(self, ways: int, in_shape: Sequence[int] = (1, 28, 28), filters: int = 64,
+                 padding: bool = True, bn_eps: float = 1e-5):
+        in_shape = tuple(int(s) for s in in_shape)
+        if ways < 2:
+            raise ValueError(f"Conv4: ways must be >= 2, got {ways}")
+        if len(in_shape) != 3 or min(in_shape) < 1:
+            raise ValueError(f"Conv4: in_shape must be (channels, height, width), got {in_shape}")
+        if filters < 1:
+            raise ValueError(f"Conv4: filters must be >= 1, got {filters}")
+        self.ways, self.in_shape, self.filters = int(ways), in_shape, int(filters)
+        self.padding, self.bn_eps = bool(padding), float(bn_eps)
+        height, width = in_shape[1:]
+        for block in range(self.BLOCKS):
+            shrink = 0 if self.padding else 2
+            height, width = (height - shrink) // 2, (width - shrink) // 2
+            if height < 1 or width < 1:
+                raise ValueError(f"Conv4: input {in_shape} is too small for 4 blocks "
+                                 f"(padding={self.padding}): block {block + 1} would output "
+                                 f"{max(height, 0)}×{max(width, 0)}")
+        self.out_hw = (height, width)
+        entries = []
+        channels = in_shape[0]
+        for k in range(self.BLOCKS):
+            entries += [(f"conv{k}.weight", (filters, channels, 3, 3)), (f"conv{k}.bias", (filters,)),
+                        (f"bn{k}.weight", (filters,)), (f"bn{k}.bias", (filters,))]
+            channels = filters
+        entries += [("head.weight", (self.ways, self.feature_size)), ("head.bias", (self.ways,))]
+        self.layout = ParamLayout(entries)
+
+    def config(self) -> dict:
+        return {"name": "conv4", "ways": self.ways, "in_shape": list(self.in_shape),
+                "filters": self.filters, "padding": self.padding, "bn_eps": self.bn_eps}
+
+    @property
+    def feature_size(self) -> int:
+        return self.filters * self.out_hw[0] * self.out_hw[1]
+
+    def init_parameters(self, generator=None, device=None, dtype=torch.float32) -> Tensor:
+        # Conv and linear layers as torch's defaults (U(±1/sqrt(fan_in))); batch norm 1 and 0.
+        parts = []
+        for name in self.layout.names:
+            shape = self.layout.shapes[name]
+            if name.startswith("bn"):
+                fill = 1.0 if name.endswith("weight") else 0.0
+                parts.append(torch.full((math.prod(shape),), fill, device=device, dtype=dtype))
+                continue
+            weight_shape = self.layout.shapes[name.replace(".bias", ".weight")]
+            fan_in = math.prod(weight_shape[1:])
+            parts.append(_uniform(shape, 1.0 / math.sqrt(fan_in), generator, device, dtype).reshape(-1))
+        return torch.cat(parts)
+
+    def new_bn_stats(self, device=None, dtype=torch.float32, momentum=None) -> BatchNormStats:
+        return BatchNormStats([torch.zeros(self.filters, device=device, dtype=dtype)
+                               for _ in range(self.BLOCKS)],
+                              [torch.ones(self.filters, device=device, dtype=dtype)
+                               for _ in range(self.BLOCKS)], momentum)
+
+    def features(self, theta, x, bn=None, use_running=False) -> Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"Conv4: input must have shape (N, {', '.join(map(str, self.in_shape))}), "
+                             f"got {tuple(x.shape)}")
+        if use_running and bn is None:
+            raise ValueError("Conv4: use_running=True needs the task's BatchNormStats")
+        p = self.layout.unflatten(theta)
+        factor = bn.begin_update() if (bn is not None and not use_running) else 0.0
+        h = x
+        for k in range(self.BLOCKS):
+            h = F.conv2d(h, p[f"conv{k}.weight"], p[f"conv{k}.bias"], padding=int(self.padding))
+            mean = var = None
+            if bn is not None:
+                mean, var = bn.mean[k], bn.var[k]
+            # training=True normalises with the batch's statistics and, given running tensors,
+            # folds them in (in place, outside autograd); training=False uses the running ones.
+            h = F.batch_norm(h, mean, var, p[f"bn{k}.weight"], p[f"bn{k}.bias"],
+                             training=not use_running, momentum=factor, eps=self.bn_eps)
+            h = F.max_pool2d(torch.relu(h), 2)
+        return h.flatten(1)
+
+
+def build_learner(config: dict) -> Learner:
+    """The learner described by ``learner.config()`` (as stored in checkpoints)."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name == "mlp":
+        return MLP(**config)
+    if name == "conv4":
+        return Conv4(**config)
+    raise ValueError(f"build_learner: unknown learner {name!r} (expected 'mlp' or 'conv4')")
+
+
+def learner_for_task(sampler, filters: int | None = None, padding: bool = True) -> Learner:
+    """The paper learner for a task sampler: the sine MLP for regression, Conv4 for images.
+
+    ``filters`` defaults to 64, except 32 for 84×84 images where MAML and Ravi & Larochelle use
+    32 (pass 64 for the Chen et al. / TURTLE backbone).
+    """
+    if sampler.kind == "regression":
+        return MLP()
+    batch = sampler.sample(1, torch.Generator(device=sampler.device).manual_seed(0))
+    in_shape = tuple(batch.x_support.shape[2:])
+    if filters is None:
+        filters = 32 if in_shape[-1] >= 84 else 64
+    return Conv4(ways=sampler.num_classes, in_shape=in_shape, filters=filters, padding=padding)
