@@ -19,7 +19,7 @@ support passes accumulate running statistics into it and ``use_running=True`` ev
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -80,13 +80,11 @@ class BatchNormStats:
     var: list[Tensor]
     momentum: float | None = None
     updates: int = 0
-    _factor: float = field(default=0.0, repr=False)
 
     def begin_update(self) -> float:
         """The momentum factor of this pass (called once per forward pass that updates)."""
         self.updates += 1
-        self._factor = 1.0 / self.updates if self.momentum is None else self.momentum
-        return self._factor
+        return 1.0 / self.updates if self.momentum is None else self.momentum
 
 
 class Learner:

@@ -64,6 +64,8 @@ class MetaLSTM(EpisodicAlgorithm):
         coordinates ("input_gate_mean", "forget_gate_mean": (B, steps)); "coordinates" holds the
         indices into theta."""
         steps = self._options["test_inner_steps"] if steps is None else steps
+        _options.require(self.name, isinstance(steps, int) and steps >= 1,
+                         f"gate_trace needs steps >= 1, got {steps!r}")
         n = self.theta0.numel()
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(n, generator=generator)[:min(coordinates, n)].to(self.theta0.device)
@@ -80,8 +82,7 @@ class MetaLSTM(EpisodicAlgorithm):
             self.adapt(batch.x_support[b], batch.y_support[b], steps, meta_graph=False,
                        bn=self._new_bn(), observer=observe)
             for key, values in per_task.items():
-                trace[key].append(torch.stack(values) if values else
-                                  self.theta0.new_zeros((0, len(index)) if "mean" not in key else (0,)))
+                trace[key].append(torch.stack(values))
         result = {key: torch.stack(values) for key, values in trace.items()}
         result["coordinates"] = index
         return result

@@ -118,10 +118,9 @@ class TransferBaseline(MetaAlgorithm):
         """A new output layer (torch.nn.Linear's default init) over the learner's features."""
         fan_in = self.learner.feature_size
         bound = 1.0 / math.sqrt(fan_in)
-        device = self.theta0.device if hasattr(self, "theta0") else None
         weight = torch.rand(classes, fan_in, generator=generator) * 2 * bound - bound
         bias = torch.rand(classes, generator=generator) * 2 * bound - bound
-        return weight.to(device), bias.to(device)
+        return weight.to(self.theta0.device), bias.to(self.theta0.device)
 
     def _logits(self, head: list[Tensor], features: Tensor) -> Tensor:
         if not (self.cosine and self.classification):

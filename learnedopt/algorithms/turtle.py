@@ -8,7 +8,6 @@ per-coordinate step sizes alpha (``self.alpha``, U(0, 1)).
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
