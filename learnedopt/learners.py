@@ -291,16 +291,19 @@ def build_learner(config: dict) -> Learner:
     raise ValueError(f"build_learner: unknown learner {name!r} (expected 'mlp' or 'conv4')")
 
 
-def learner_for_task(sampler, filters: int | None = None, padding: bool = True) -> Learner:
+def learner_for_task(sampler, filters: int | None = None, padding: bool = True,
+                     in_shape: Sequence[int] | None = None) -> Learner:
     """The paper learner for a task sampler: the sine MLP for regression, Conv4 for images.
 
-    ``filters`` defaults to 64, except 32 for 84×84 images where MAML and Ravi & Larochelle use
-    32 (pass 64 for the Chen et al. / TURTLE backbone).
+    The image shape is read from one sampled task unless ``in_shape`` is given. ``filters``
+    defaults to 64, except 32 for 84×84 images where MAML and Ravi & Larochelle use 32 (pass 64
+    for the Chen et al. / TURTLE backbone).
     """
     if sampler.kind == "regression":
         return MLP()
-    batch = sampler.sample(1, torch.Generator(device=sampler.device).manual_seed(0))
-    in_shape = tuple(batch.x_support.shape[2:])
+    if in_shape is None:
+        batch = sampler.sample(1, torch.Generator(device=sampler.device).manual_seed(0))
+        in_shape = tuple(batch.x_support.shape[2:])
     if filters is None:
         filters = 32 if in_shape[-1] >= 84 else 64
     return Conv4(ways=sampler.num_classes, in_shape=in_shape, filters=filters, padding=padding)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from learnedopt.learners import Conv4, MLP, ParamLayout, build_learner, learner_for_task
+from learnedopt.tasks.base import TaskBatch
 from learnedopt.tasks.sine import SineTasks
 
 
@@ -148,3 +149,15 @@ def test_config_round_trip_and_learner_for_task():
     with pytest.raises(ValueError, match="unknown learner"):
         build_learner({"name": "resnet"})
     assert isinstance(learner_for_task(SineTasks()), MLP)
+
+    class FakeImages:  # the TaskSampler attributes learner_for_task reads
+        kind, num_classes, device = "classification", 20, torch.device("cpu")
+
+        def sample(self, batch_size, generator):
+            x = torch.zeros(batch_size, 20, 3, 84, 84)
+            return TaskBatch(x, torch.zeros(batch_size, 20, dtype=torch.long), x,
+                             torch.zeros(batch_size, 20, dtype=torch.long))
+
+    images = learner_for_task(FakeImages())
+    assert (images.ways, images.in_shape, images.filters, images.feature_size) == (20, (3, 84, 84), 32, 800)
+    assert learner_for_task(FakeImages(), filters=64, in_shape=(1, 28, 28)).feature_size == 64
