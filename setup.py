@@ -48,13 +48,13 @@ def extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fopenmp: the CPU kernels split coordinates over threads with OpenMP, the runtime torch uses.
     # No -march=native and no fast-math: SIMD code paths are chosen at run time (csrc/cpu/dispatch).
-    cxx = opt + ["-std=c++17", "-fopenmp", "-DLEARNEDOPT_TORCH_EXTENSION"]
+    cxx = opt + ["-std=c++20", "-fopenmp", "-Wno-psabi"]
     include_dirs = [os.path.join(HERE, "csrc")]
     cpp = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
-        nvcc = opt + ["-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+        nvcc = opt + ["-std=c++20", "-lineinfo"]
         return CUDAExtension(
             "learnedopt._C", cpp + sources("csrc/cuda/*.cpp") + sources("csrc/cuda/*.cu"),
             include_dirs=include_dirs,

@@ -33,7 +33,13 @@ OPS = ("preprocess", "meta_lstm_step", "turtle_step")
 DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
+# Read once: kernels are registered when _C loads and never change afterwards. A plain dict also
+# keeps the per-call lookup traceable by torch.compile.
+KERNELS: dict[tuple[str, str], bool] = {
+    (op, device): has_kernel(op, key) for op in OPS for device, key in DEVICE_KEYS.items()}
+
+
 def compiled_devices(op: str | None = None) -> list[str]:
     """Device types for which ``op`` (or, without one, every op) has a fused kernel in this build."""
     wanted = OPS if op is None else (op,)
-    return [d for d, key in DEVICE_KEYS.items() if all(has_kernel(o, key) for o in wanted)]
+    return [d for d in DEVICE_KEYS if all(KERNELS[(o, d)] for o in wanted)]

@@ -101,7 +101,9 @@ def turtle_step(theta: Tensor, grad: Tensor, m: Tensor, t: int, alpha: Tensor,
     Returns (theta_new, m_new).
     """
     g = grad.clamp(-grad_clamp, grad_clamp) if math.isfinite(grad_clamp) else grad
-    m_new = g if t == 0 else beta * m + (1.0 - beta) * g
+    # At t == 0 a copy, never an alias of the caller's gradient (the fused op returns new tensors
+    # too; a caller that keeps m as state must not see it change when the gradient is zeroed).
+    m_new = g.clone() if t == 0 else beta * m + (1.0 - beta) * g
     columns = [g, m_new]
     if weights[0].shape[1] == 3:
         columns.append(torch.full_like(g, float(t)))

@@ -19,7 +19,7 @@ PreprocessKernels kernels() {
   }
 }
 
-at::Tensor preprocess(const at::Tensor& x, double p, double log_eps, bool strict) {
+at::Tensor preprocess_cpu(const at::Tensor& x, double p, double log_eps, bool strict) {
   check_float("preprocess", "x", x);
   const at::Tensor xc = x.contiguous();
   auto out_shape = x.sizes().vec();
@@ -36,7 +36,7 @@ at::Tensor preprocess(const at::Tensor& x, double p, double log_eps, bool strict
   return out;
 }
 
-at::Tensor preprocess_backward(const at::Tensor& grad_out, const at::Tensor& x, double p,
+at::Tensor preprocess_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, double p,
                                double log_eps, bool strict) {
   check_float("preprocess_backward", "x", x);
   check_same("preprocess_backward", "grad_out", grad_out, x);
@@ -60,8 +60,8 @@ at::Tensor preprocess_backward(const at::Tensor& grad_out, const at::Tensor& x, 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(learnedopt, CPU, m) {
-  m.impl("preprocess", &preprocess);
-  m.impl("preprocess_backward", &preprocess_backward);
+  m.impl("preprocess", &preprocess_cpu);
+  m.impl("preprocess_backward", &preprocess_backward_cpu);
 }
 
 }  // namespace cpu

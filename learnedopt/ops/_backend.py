@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 
 import torch
 
 from learnedopt import _extension
 
 BACKENDS = ("auto", "fused", "reference")
-_state = threading.local()
-_default = os.environ.get("LEARNEDOPT_BACKEND", "auto")
-if _default not in BACKENDS:
-    raise ValueError(f"LEARNEDOPT_BACKEND={_default!r}: expected one of {BACKENDS}")
+# Process-wide (a plain global, so torch.compile can guard on it).
+_backend = os.environ.get("LEARNEDOPT_BACKEND", "auto")
+if _backend not in BACKENDS:
+    raise ValueError(f"LEARNEDOPT_BACKEND={_backend!r}: expected one of {BACKENDS}")
 
 
 def _check_name(name: str) -> str:
@@ -29,12 +28,13 @@ def _check_name(name: str) -> str:
 
 
 def set_backend(name: str) -> None:
-    """Choose "auto", "fused" or "reference" for every op called afterwards in this thread."""
-    _state.name = _check_name(name)
+    """Choose "auto", "fused" or "reference" for every op called afterwards."""
+    global _backend
+    _backend = _check_name(name)
 
 
 def get_backend() -> str:
-    return getattr(_state, "name", _default)
+    return _backend
 
 
 @contextlib.contextmanager
@@ -50,7 +50,10 @@ def use_backend(name: str):
 
 def available(device: str | torch.device = "cpu", op: str | None = None) -> bool:
     """Whether the fused kernel of ``op`` (default: of every op) can run on ``device`` in this build."""
-    return torch.device(device).type in _extension.compiled_devices(op)
+    device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    if op is None:
+        return device_type in _extension.compiled_devices()
+    return _extension.KERNELS.get((op, device_type), False)
 
 
 def use_fused(device: torch.device, op: str) -> bool:

@@ -1,0 +1,273 @@
+"""Learned-rule files: what a meta-trained optimizer carries over to a new model.
+
+A meta-training checkpoint (``learnedopt train``, format "learnedopt-checkpoint/1") holds the
+whole algorithm: the update rule, but also the learner's initial parameters and per-coordinate
+step sizes of that particular learner, which mean nothing for another model. A rule file keeps
+only what transfers::
+
+    {"format": "learnedopt-rule/1",
+     "kind": "metalstm" | "turtle" | "metasgd",
+     "config": rule.config(),              # {} for metasgd
+     "state_dict": rule.state_dict(),      # {} for metasgd
+     "alpha": {"mean", "median", "std", "min", "max", "numel"},   # turtle / metasgd: summary of
+                                           # the learned per-coordinate step sizes, from which a
+                                           # new model's coordinates get one scalar (median)
+     "max_t": int | None,                  # turtle: largest step index seen in meta-training
+     "source": {"algorithm", "iteration", "options"}}   # provenance, informative only
+
+:func:`export_rule` writes one from a checkpoint; the optimizers' ``from_pretrained`` accept
+either kind of file, or the name of a rule file shipped in ``learnedopt/pretrained/``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from learnedopt.rules import MetaLSTMRule, TurtleRule
+
+RULE_FORMAT = "learnedopt-rule/1"
+CHECKPOINT_FORMAT = "learnedopt-checkpoint/1"
+KINDS = ("metalstm", "turtle", "metasgd")
+# Meta-training algorithms whose learned update transfers, and the rule kind each one learns.
+KIND_OF_ALGORITHM = {"metalstm": "metalstm", "metalstm++": "metalstm", "enhanced-lstm": "metalstm",
+                     "turtle": "turtle", "metasgd": "metasgd"}
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+ALPHA_STATISTICS = ("mean", "median")
+
+
+class PretrainedError(ValueError):
+    """A file that is not a usable learnedopt rule or checkpoint (with the reason)."""
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+def shipped_rules() -> list[str]:
+    """Names of the rule files shipped with the package (``from_pretrained(name, ...)``)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    for candidate in (PRETRAINED_DIR / f"{path_or_name}.pt", PRETRAINED_DIR / str(path_or_name)):
+        if candidate.is_file():
+            return candidate
+    raise PretrainedError(f"{str(path_or_name)!r} is neither a file nor the name of a shipped rule "
+                          f"(shipped: {shipped_rules() or 'none'})")
+
+
+def load_rule(path_or_name: str | os.PathLike) -> dict[str, Any]:
+    """Read a rule file or a meta-training checkpoint (converted) and validate it.
+
+    Loads with ``weights_only=True`` (never unpickles code) onto the CPU.
+    """
+    path = resolve(path_or_name)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in the unpickler
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PretrainedError(f"{str(path)!r} is not a readable learnedopt file (corrupt, truncated, "
+                              f"or not written by torch.save): {first}") from exc
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == CHECKPOINT_FORMAT:
+        return rule_from_checkpoint(data, str(path))
+    if fmt == RULE_FORMAT:
+        return validate_rule(data, str(path))
+    raise PretrainedError(f"{str(path)!r} is not a learnedopt rule file or checkpoint (format "
+                          f"{fmt!r}; expected {RULE_FORMAT!r} or {CHECKPOINT_FORMAT!r})")
+
+
+def validate_rule(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check a rule file's keys, kind and tensors; building the rule checks every shape."""
+    missing = [k for k in ("kind", "config", "state_dict") if k not in data]
+    if missing:
+        raise PretrainedError(f"{source!r} lacks the keys {missing}")
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise PretrainedError(f"{source!r}: unknown rule kind {kind!r} (expected one of {KINDS})")
+    if not isinstance(data["config"], dict) or not isinstance(data["state_dict"], dict):
+        raise PretrainedError(f"{source!r}: 'config' and 'state_dict' must be dicts")
+    if kind in ("turtle", "metasgd"):
+        alpha = data.get("alpha")
+        if not isinstance(alpha, dict) or not all(
+                isinstance(alpha.get(s), (int, float)) and math.isfinite(alpha[s])
+                for s in ALPHA_STATISTICS):
+            raise PretrainedError(f"{source!r}: a {kind} rule needs 'alpha' with finite "
+                                  f"{ALPHA_STATISTICS} of the learned step sizes")
+    max_t = data.get("max_t")
+    if max_t is not None and (not isinstance(max_t, int) or max_t < 1):
+        raise PretrainedError(f"{source!r}: 'max_t' must be an int >= 1 or None, got {max_t!r}")
+    build_rule(data, source)  # raises on a config/state_dict mismatch
+    return data
+
+
+def build_rule(data: dict[str, Any], source: str = "rule file") -> nn.Module | None:
+    """The rule module a validated rule dict describes (None for Meta-SGD, which has none)."""
+    kind = data["kind"]
+    if kind == "metasgd":
+        return None
+    cls = MetaLSTMRule if kind == "metalstm" else TurtleRule
+    try:
+        rule = cls(**data["config"])
+    except (TypeError, ValueError) as exc:
+        raise PretrainedError(f"{source!r}: bad {kind} config {data['config']}: {exc}") from exc
+    try:
+        rule.load_state_dict(data["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise PretrainedError(f"{source!r}: the {kind} weights do not match its config "
+                              f"{data['config']}: {' '.join(str(exc).split())}") from exc
+    return rule.requires_grad_(False)
+
+
+def alpha_init(data: dict[str, Any], statistic: str | float) -> float:
+    """The scalar step size new coordinates start at: a statistic of the learned ones, or a number."""
+    if isinstance(statistic, str):
+        if statistic not in ALPHA_STATISTICS:
+            raise ValueError(f"alpha must be a number or one of {ALPHA_STATISTICS}, got {statistic!r}")
+        return float(data["alpha"][statistic])
+    return float(statistic)
+
+
+# -- checkpoints -> rule files ---------------------------------------------------------------------
+
+def _rule_state(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k[len("rule."):]: v for k, v in state_dict.items() if k.startswith("rule.")}
+
+
+def _option(options: dict[str, Any], names: tuple[str, ...], default: Any) -> Any:
+    for name in names:
+        if name in options:
+            return options[name]
+    return default
+
+
+def _train_steps(options: dict[str, Any]) -> int | None:
+    steps = _option(options, ("inner_steps", "train_inner_steps", "T"), None)
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 else None
+
+
+def _alpha_summary(alpha: Tensor) -> dict[str, float]:
+    a = alpha.detach().double().reshape(-1)
+    return {"mean": a.mean().item(), "median": a.median().item(),
+            "std": a.std().item() if a.numel() > 1 else 0.0,
+            "min": a.min().item(), "max": a.max().item(), "numel": a.numel()}
+
+
+def rule_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """The transferable part of a meta-training checkpoint, as a rule dict."""
+    missing = [k for k in ("algorithm", "options", "state_dict") if k not in checkpoint]
+    if missing:
+        raise PretrainedError(f"{source!r} lacks the keys {missing}")
+    algorithm, options, state = checkpoint["algorithm"], checkpoint["options"], checkpoint["state_dict"]
+    if algorithm not in KIND_OF_ALGORITHM:
+        raise PretrainedError(
+            f"{source!r} was meta-trained with {algorithm!r}, which learns no update rule that "
+            f"transfers to a new model (rules come from {sorted(KIND_OF_ALGORITHM)})")
+    if not isinstance(options, dict) or not isinstance(state, dict):
+        raise PretrainedError(f"{source!r}: 'options' and 'state_dict' must be dicts")
+    kind = KIND_OF_ALGORITHM[algorithm]
+    rule_state = _rule_state(state)
+    data: dict[str, Any] = {"format": RULE_FORMAT, "kind": kind, "config": {}, "state_dict": {},
+                            "max_t": None,
+                            "source": {"algorithm": algorithm,
+                                       "iteration": checkpoint.get("iteration"),
+                                       "options": options}}
+    if kind == "metalstm":
+        need = ("w_ih", "w_hh", "b_ih", "b_hh", "w_f", "w_i", "b_f", "b_i")
+        absent = [f"rule.{k}" for k in need if k not in rule_state]
+        if absent:
+            raise PretrainedError(f"{source!r}: the {algorithm} state_dict lacks {absent}")
+        data["config"] = {"input_size": int(rule_state["w_ih"].shape[1]),
+                          "hidden_size": int(rule_state["w_hh"].shape[1]),
+                          "p": float(_option(options, ("preprocess_p", "p"), 10.0)),
+                          "log_eps": float(_option(options, ("log_eps",), 0.0)),
+                          "strict": bool(_option(options, ("strict",), False))}
+    elif kind == "turtle":
+        layers = sum(1 for k in rule_state if k.startswith("weights."))
+        if layers == 0 or "weights.0" not in rule_state:
+            raise PretrainedError(f"{source!r}: the turtle state_dict has no 'rule.weights.*'")
+        steps = _train_steps(options)
+        # The clamp applies only when T > 1 (the authors' code); "grad_clamp": None means none,
+        # and a checkpoint that does not say gets SPEC §3's 10.
+        clamp = _option(options, ("grad_clamp",), 10.0)
+        if clamp is None or steps is None or steps <= 1:
+            clamp = math.inf
+        data["config"] = {"hidden_size": int(rule_state["weights.0"].shape[0]),
+                          "num_hidden_layers": layers - 1,
+                          "use_t": int(rule_state["weights.0"].shape[1]) == 3,
+                          "beta": float(_option(options, ("beta",), 0.9)),
+                          "grad_clamp": float(clamp)}
+        if steps is not None and steps > 1:
+            data["max_t"] = steps - 1
+    if kind != "metasgd":
+        data["state_dict"] = {k: v.detach().clone() for k, v in rule_state.items()}
+    if kind in ("turtle", "metasgd"):
+        if not isinstance(state.get("alpha"), Tensor):
+            raise PretrainedError(f"{source!r}: the {algorithm} state_dict lacks 'alpha'")
+        data["alpha"] = _alpha_summary(state["alpha"])
+    return validate_rule(data, source)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+def save_rule(path: str | os.PathLike, rule: nn.Module | None, alpha: Tensor | None = None,
+              max_t: int | None = None, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a rule file from a rule module (None: Meta-SGD) and its learned step sizes."""
+    if isinstance(rule, MetaLSTMRule):
+        kind = "metalstm"
+    elif isinstance(rule, TurtleRule):
+        kind = "turtle"
+    elif rule is None:
+        kind = "metasgd"
+    else:
+        raise TypeError(f"save_rule: rule must be a MetaLSTMRule, a TurtleRule or None (Meta-SGD), "
+                        f"got {type(rule).__name__}")
+    data: dict[str, Any] = {
+        "format": RULE_FORMAT, "kind": kind,
+        "config": rule.config() if rule is not None else {},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in rule.state_dict().items()}
+        if rule is not None else {},
+        "max_t": max_t, "source": source or {}}
+    if kind != "metalstm":
+        if alpha is None:
+            raise ValueError(f"save_rule: a {kind} rule needs the learned step sizes alpha")
+        data["alpha"] = _alpha_summary(alpha)
+    validate_rule(data, str(path))
+    _atomic_save(data, path)
+    return data
+
+
+def export_rule(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
+    """Write the rule file of a meta-training checkpoint; returns what was written."""
+    data = load_rule(checkpoint_path)
+    _atomic_save(data, out_path)
+    return data
+
+
+def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """Serialise in memory, then temp file + fsync + os.replace: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
