@@ -11,6 +11,11 @@ to draw an initial theta, and how to run a forward pass with any theta it is giv
     out = learner(theta, x)                          # differentiable w.r.t. theta
     loss = learner.loss(out, y)
 
+Every forward also takes a batch of tasks at once: theta (B, n) and x (B, N, ...) give (B, N, ...)
+outputs, each task with its own parameters (batched matmuls for the MLP, a grouped convolution
+for Conv4), and ``task_metrics`` gives per-task losses (B,). The algorithms adapt a whole
+meta-batch this way instead of looping over its tasks.
+
 Batch norm (Conv4) runs on batch statistics unless a :class:`BatchNormStats` is passed: then the
 support passes accumulate running statistics into it and ``use_running=True`` evaluates with them
 (the Ravi & Larochelle code's meta-test behaviour, SPEC §2).
@@ -50,11 +55,14 @@ class ParamLayout:
         return slice(start, start + math.prod(self.shapes[name]))
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """Views of ``theta`` (no copies) shaped as the named parameters."""
-        if theta.dim() != 1 or theta.shape[0] != self.numel:
-            raise ValueError(f"expected a flat parameter vector of shape ({self.numel},), "
-                             f"got {tuple(theta.shape)}")
-        return {name: theta[self.slice(name)].view(self.shapes[name]) for name in self.names}
+        """Views of ``theta`` (no copies) shaped as the named parameters; a batch of vectors
+        (B, n) gives (B, *shape) views."""
+        if theta.dim() not in (1, 2) or theta.shape[-1] != self.numel:
+            raise ValueError(f"expected a flat parameter vector of shape ({self.numel},) or a batch "
+                             f"of them (B, {self.numel}), got {tuple(theta.shape)}")
+        lead = tuple(theta.shape[:-1])
+        return {name: theta[..., self.slice(name)].view(*lead, *self.shapes[name])
+                for name in self.names}
 
     def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
         """The flat vector of named tensors (one copy, in layout order)."""
@@ -107,7 +115,16 @@ class Learner:
 
     def features(self, theta: Tensor, x: Tensor, bn: BatchNormStats | None = None,
                  use_running: bool = False) -> Tensor:
-        """The representation fed to the output layer, (N, feature_size)."""
+        """The representation fed to the output layer: (N, feature_size) for one task (theta
+        (n,), x (N, ...)), (B, N, feature_size) for a batch (theta (B, n), x (B, N, ...))."""
+        if theta.dim() == 1:
+            return self._batched_features(theta.unsqueeze(0), x.unsqueeze(0), bn, use_running)[0]
+        if x.shape[0] != theta.shape[0]:
+            raise ValueError(f"{type(self).__name__}: {theta.shape[0]} parameter vectors but "
+                             f"inputs for {x.shape[0]} tasks")
+        return self._batched_features(theta, x, bn, use_running)
+
+    def _batched_features(self, theta: Tensor, x: Tensor, bn, use_running) -> Tensor:
         raise NotImplementedError
 
     @property
@@ -116,7 +133,9 @@ class Learner:
 
     def head(self, theta: Tensor, features: Tensor) -> Tensor:
         p = self.layout.unflatten(theta)
-        return F.linear(features, p["head.weight"], p["head.bias"])
+        if theta.dim() == 1:
+            return F.linear(features, p["head.weight"], p["head.bias"])
+        return torch.baddbmm(p["head.bias"].unsqueeze(1), features, p["head.weight"].transpose(1, 2))
 
     def __call__(self, theta: Tensor, x: Tensor, bn: BatchNormStats | None = None,
                  use_running: bool = False) -> Tensor:
@@ -135,9 +154,19 @@ class Learner:
             result["accuracy"] = (output.argmax(dim=1) == y).float().mean()
         return result
 
+    def task_metrics(self, output: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per-task :meth:`metrics` of a batch of tasks: output (B, N, ...), y (B, N, ...) ->
+        {"loss": (B,)} (+ "accuracy" for classification)."""
+        tasks = output.shape[0]
+        if self.kind == "regression":
+            return {"loss": (output - y).pow(2).reshape(tasks, -1).mean(dim=1)}
+        losses = F.cross_entropy(output.flatten(0, 1), y.flatten(), reduction="none")
+        return {"loss": losses.view(tasks, -1).mean(dim=1),
+                "accuracy": (output.argmax(dim=2) == y).float().mean(dim=1)}
+
     def new_bn_stats(self, device=None, dtype: torch.dtype = torch.float32,
-                     momentum: float | None = None) -> BatchNormStats | None:
-        """Fresh running statistics for one task, or None for a learner without batch norm."""
+                     momentum: float | None = None, tasks: int = 1) -> BatchNormStats | None:
+        """Fresh running statistics for ``tasks`` tasks, or None for a learner without batch norm."""
         return None
 
 
@@ -180,13 +209,15 @@ class MLP(Learner):
             parts.append(_uniform(shape, 1.0 / math.sqrt(fan_in), generator, device, dtype).reshape(-1))
         return torch.cat(parts)
 
-    def features(self, theta, x, bn=None, use_running=False) -> Tensor:
-        if x.dim() != 2 or x.shape[1] != self.sizes[0]:
-            raise ValueError(f"MLP: input must have shape (N, {self.sizes[0]}), got {tuple(x.shape)}")
+    def _batched_features(self, theta, x, bn, use_running) -> Tensor:
+        if x.dim() != 3 or x.shape[2] != self.sizes[0]:
+            raise ValueError(f"MLP: input must have shape (N, {self.sizes[0]}) per task, "
+                             f"got {tuple(x.shape[1:])}")
         p = self.layout.unflatten(theta)
         h = x
         for k in range(len(self.sizes) - 2):
-            h = torch.relu(F.linear(h, p[f"hidden{k}.weight"], p[f"hidden{k}.bias"]))
+            weight, bias = p[f"hidden{k}.weight"], p[f"hidden{k}.bias"]
+            h = torch.relu(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)))
         return h
 
 
@@ -252,32 +283,40 @@ class Conv4(Learner):
             parts.append(_uniform(shape, 1.0 / math.sqrt(fan_in), generator, device, dtype).reshape(-1))
         return torch.cat(parts)
 
-    def new_bn_stats(self, device=None, dtype=torch.float32, momentum=None) -> BatchNormStats:
-        return BatchNormStats([torch.zeros(self.filters, device=device, dtype=dtype)
-                               for _ in range(self.BLOCKS)],
-                              [torch.ones(self.filters, device=device, dtype=dtype)
-                               for _ in range(self.BLOCKS)], momentum)
+    def new_bn_stats(self, device=None, dtype=torch.float32, momentum=None, tasks: int = 1
+                     ) -> BatchNormStats:
+        # One (task, filter) pair per entry, matching the grouped layout of _batched_features.
+        size = tasks * self.filters
+        return BatchNormStats([torch.zeros(size, device=device, dtype=dtype) for _ in range(self.BLOCKS)],
+                              [torch.ones(size, device=device, dtype=dtype) for _ in range(self.BLOCKS)],
+                              momentum)
 
-    def features(self, theta, x, bn=None, use_running=False) -> Tensor:
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"Conv4: input must have shape (N, {', '.join(map(str, self.in_shape))}), "
-                             f"got {tuple(x.shape)}")
+    def _batched_features(self, theta, x, bn, use_running) -> Tensor:
+        if x.dim() != 5 or tuple(x.shape[2:]) != self.in_shape:
+            raise ValueError(f"Conv4: input must have shape (N, {', '.join(map(str, self.in_shape))}) "
+                             f"per task, got {tuple(x.shape[1:])}")
         if use_running and bn is None:
             raise ValueError("Conv4: use_running=True needs the task's BatchNormStats")
+        tasks, examples = x.shape[:2]
+        if bn is not None and bn.mean[0].shape[0] != tasks * self.filters:
+            raise ValueError(f"Conv4: the BatchNormStats hold {bn.mean[0].shape[0] // self.filters} "
+                             f"tasks, the input {tasks}")
         p = self.layout.unflatten(theta)
         factor = bn.begin_update() if (bn is not None and not use_running) else 0.0
-        h = x
+        # Tasks become channel groups: (N, B*C, H, W) through a convolution with groups=B, so each
+        # task sees only its own filters, and batch norm's per-channel statistics are per task.
+        h = x.transpose(0, 1).reshape(examples, tasks * self.in_shape[0], *self.in_shape[1:])
         for k in range(self.BLOCKS):
-            h = F.conv2d(h, p[f"conv{k}.weight"], p[f"conv{k}.bias"], padding=int(self.padding))
-            mean = var = None
-            if bn is not None:
-                mean, var = bn.mean[k], bn.var[k]
+            weight = p[f"conv{k}.weight"].reshape(tasks * self.filters, *p[f"conv{k}.weight"].shape[2:])
+            h = F.conv2d(h, weight, p[f"conv{k}.bias"].reshape(-1), padding=int(self.padding),
+                         groups=tasks)
+            mean, var = (bn.mean[k], bn.var[k]) if bn is not None else (None, None)
             # training=True normalises with the batch's statistics and, given running tensors,
             # folds them in (in place, outside autograd); training=False uses the running ones.
-            h = F.batch_norm(h, mean, var, p[f"bn{k}.weight"], p[f"bn{k}.bias"],
+            h = F.batch_norm(h, mean, var, p[f"bn{k}.weight"].reshape(-1), p[f"bn{k}.bias"].reshape(-1),
                              training=not use_running, momentum=factor, eps=self.bn_eps)
             h = F.max_pool2d(torch.relu(h), 2)
-        return h.flatten(1)
+        return h.reshape(examples, tasks, self.feature_size).transpose(0, 1)
 
 
 def build_learner(config: dict) -> Learner:

@@ -161,3 +161,35 @@ def test_config_round_trip_and_learner_for_task():
     images = learner_for_task(FakeImages())
     assert (images.ways, images.in_shape, images.filters, images.feature_size) == (20, (3, 84, 84), 32, 800)
     assert learner_for_task(FakeImages(), filters=64, in_shape=(1, 28, 28)).feature_size == 64
+
+
+@pytest.mark.parametrize("learner", [MLP((1, 9, 7, 1)), Conv4(3, (1, 28, 28), 4),
+                                     Conv4(4, (3, 48, 48), 5, padding=False)])
+def test_a_batch_of_tasks_equals_each_task_alone(learner):
+    torch.manual_seed(4)
+    tasks, examples = 3, 6
+    theta = torch.stack([learner.init_parameters() for _ in range(tasks)])
+    if learner.kind == "regression":
+        x, y = torch.randn(tasks, examples, 1), torch.randn(tasks, examples, 1)
+    else:
+        x = torch.randn(tasks, examples, *learner.in_shape)
+        y = torch.randint(0, learner.ways, (tasks, examples))
+    batched = learner(theta, x)
+    metrics = learner.task_metrics(batched, y)
+    for b in range(tasks):
+        alone = learner(theta[b], x[b])
+        torch.testing.assert_close(batched[b], alone, rtol=1e-4, atol=1e-5)
+        for key, value in learner.metrics(alone, y[b]).items():
+            torch.testing.assert_close(metrics[key][b], value, rtol=1e-5, atol=1e-6)
+    if learner.kind == "classification":  # per-task running statistics
+        stats = learner.new_bn_stats(tasks=tasks)
+        learner(theta, x, stats)
+        query = torch.randn(tasks, 2, *learner.in_shape)
+        together = learner(theta, query, stats, use_running=True)
+        for b in range(tasks):
+            alone = learner.new_bn_stats()
+            learner(theta[b], x[b], alone)
+            torch.testing.assert_close(together[b], learner(theta[b], query[b], alone, use_running=True),
+                                       rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="3 parameter vectors"):
+        learner(theta, x[:2])

@@ -9,7 +9,9 @@ query evaluation, the meta-batch average, and the first- versus second-order cho
 * first order: g and L_S are constants; theta_t still depends on theta_0 and on the rule's
   outputs, which is the backpropagation through time the LSTM paper keeps.
 
-Tasks of a batch are adapted one after the other (B is small: 1 to 32).
+All tasks of a meta-batch are adapted together: theta is (B, n), one row per task, the learner
+runs every task in one batched forward (``Learner`` with a (B, n) theta), and the gradient of the
+summed support losses gives every task its own gradient at once (the tasks share no parameter).
 """
 
 from __future__ import annotations
@@ -135,78 +137,74 @@ class EpisodicAlgorithm(MetaAlgorithm):
 
     # ------------------------------------------------------------ inner loop
     def _init_state(self, theta: Tensor) -> Any:
-        """The rule's per-task state before the first step (None for stateless rules)."""
+        """The rule's state for the (B, n) parameters before the first step (None: stateless)."""
         return None
 
     def _step(self, theta: Tensor, grad: Tensor, loss: Tensor, state: Any, t: int, steps: int
               ) -> tuple[Tensor, Any]:
-        """theta_{t+1} and the new state from the support gradient and loss at theta_t."""
+        """theta_{t+1} (B, n) and the new state from the support gradients (B, n) and losses (B,)
+        at theta_t."""
         raise NotImplementedError
 
     def _prepare_grad(self, grad: Tensor, num_examples: int, steps: int) -> Tensor:
         clamp = clamp_for(steps, self._options["grad_clamp"])
         return grad if math.isinf(clamp) else grad.clamp(-clamp, clamp)
 
-    def _new_bn(self) -> BatchNormStats | None:
+    def _new_bn(self, tasks: int) -> BatchNormStats | None:
         if self._options["bn_mode"] != "running":
             return None
         return self.learner.new_bn_stats(self.theta0.device, self.theta0.dtype,
-                                         self._options["bn_momentum"])
+                                         self._options["bn_momentum"], tasks=tasks)
 
     def adapt(self, x: Tensor, y: Tensor, steps: int, meta_graph: bool,
               bn: BatchNormStats | None = None, observer=None) -> Tensor:
-        """theta after ``steps`` inner steps on one task's support set (x, y).
+        """The (B, n) parameters after ``steps`` inner steps on the support sets x (B, K, ...),
+        y (B, K, ...) of B tasks.
 
         ``meta_graph=True`` keeps the graph to the meta-parameters (first or second order per the
-        options); ``False`` adapts on detached copies and keeps nothing but the result.
+        options); ``False`` adapts detached copies and keeps nothing but the result.
         ``observer(t, state)`` sees the rule's state after every step (gate traces).
         """
         second_order = meta_graph and not self.first_order
-        theta = self.theta0 if meta_graph else self.theta0.detach()
+        tasks = x.shape[0]
+        theta = self.theta0.expand(tasks, -1)
+        if not meta_graph:
+            theta = theta.detach()
         state = self._init_state(theta)
         for t in range(steps):
             with torch.enable_grad():
                 if not theta.requires_grad:
                     theta = theta.detach().requires_grad_()
-                loss = self.learner.loss(self.learner(theta, x, bn), y)
-                (grad,) = torch.autograd.grad(loss, theta, create_graph=second_order)
+                losses = self.learner.task_metrics(self.learner(theta, x, bn), y)["loss"]
+                # Each task's loss depends on its own row only: one gradient of the sum gives all.
+                (grad,) = torch.autograd.grad(losses.sum(), theta, create_graph=second_order)
             if not second_order:
-                loss = loss.detach()
-            grad = self._prepare_grad(grad, x.shape[0], steps)
+                losses = losses.detach()
+            grad = self._prepare_grad(grad, x.shape[1], steps)
             if meta_graph:
-                theta, state = self._step(theta, grad, loss, state, t, steps)
+                theta, state = self._step(theta, grad, losses, state, t, steps)
             else:
                 with torch.no_grad():
-                    theta, state = self._step(theta.detach(), grad, loss, state, t, steps)
+                    theta, state = self._step(theta.detach(), grad, losses, state, t, steps)
             if observer is not None:
                 observer(t, state)
         return theta
 
     # -------------------------------------------------------- meta objective
-    def _objective(self, query_losses: Tensor, records: list[dict]) -> tuple[Tensor, dict]:
+    def _objective(self, query_losses: Tensor, batch: TaskBatch, output: Tensor
+                   ) -> tuple[Tensor, dict]:
         """The outer loss from the per-task query losses (B,); TAML adds its penalty here."""
         return query_losses.mean(), {}
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         check_batch(self.name, self.learner, batch, self.theta0.device)
-        steps = self._options["inner_steps"]
-        losses, records, accuracies = [], [], []
-        for b in range(batch.num_tasks):
-            theta = self.adapt(batch.x_support[b], batch.y_support[b], steps, meta_graph=True,
-                               bn=self._new_bn())
-            # Meta-training evaluates the query on batch statistics in both batch-norm modes.
-            output = self.learner(theta, batch.x_query[b])
-            metrics = self.learner.metrics(output, batch.y_query[b])
-            losses.append(metrics["loss"])
-            if "accuracy" in metrics:
-                accuracies.append(metrics["accuracy"])
-            records.append({"theta": theta, "output": output, "x_query": batch.x_query[b],
-                            "x_support": batch.x_support[b]})
-        query_losses = torch.stack(losses)
-        objective, extra = self._objective(query_losses, records)
-        logged = {"loss": float(query_losses.detach().mean())}
-        if accuracies:
-            logged["accuracy"] = float(torch.stack(accuracies).mean())
+        theta = self.adapt(batch.x_support, batch.y_support, self._options["inner_steps"],
+                           meta_graph=True, bn=self._new_bn(batch.num_tasks))
+        # Meta-training evaluates the query on batch statistics in both batch-norm modes.
+        output = self.learner(theta, batch.x_query)
+        metrics = self.learner.task_metrics(output, batch.y_query)
+        objective, extra = self._objective(metrics["loss"], batch, output)
+        logged = {key: float(value.detach().mean()) for key, value in metrics.items()}
         logged.update(extra)
         return objective, logged
 
@@ -216,15 +214,11 @@ class EpisodicAlgorithm(MetaAlgorithm):
         steps = self._options["test_inner_steps"] if steps is None else steps
         _options.require(self.name, isinstance(steps, int) and steps >= 0,
                          f"steps must be an int >= 0, got {steps!r}")
-        results: dict[str, list[Tensor]] = {}
-        for b in range(batch.num_tasks):
-            bn = self._new_bn()
-            theta = self.adapt(batch.x_support[b], batch.y_support[b], steps, meta_graph=False, bn=bn)
-            with torch.no_grad():
-                output = self.learner(theta, batch.x_query[b], bn, use_running=bn is not None)
-                for key, value in self.learner.metrics(output, batch.y_query[b]).items():
-                    results.setdefault(key, []).append(value)
-        return {key: torch.stack(values) for key, values in results.items()}
+        bn = self._new_bn(batch.num_tasks)
+        theta = self.adapt(batch.x_support, batch.y_support, steps, meta_graph=False, bn=bn)
+        with torch.no_grad():
+            output = self.learner(theta, batch.x_query, bn, use_running=bn is not None)
+            return self.learner.task_metrics(output, batch.y_query)
 
     def predict_adapted(self, batch: TaskBatch, x_grid: Tensor, steps: int | None = None
                         ) -> tuple[Tensor, Tensor]:
@@ -234,14 +228,10 @@ class EpisodicAlgorithm(MetaAlgorithm):
         _options.require(self.name, self.learner.kind == "regression",
                          "predict_adapted is for regression learners")
         steps = self._options["test_inner_steps"] if steps is None else steps
+        theta = self.adapt(batch.x_support, batch.y_support, steps, meta_graph=False)
+        grid = x_grid.expand(batch.num_tasks, *x_grid.shape)
         with torch.no_grad():
-            before = self.learner(self.theta0, x_grid)
-        after = []
-        for b in range(batch.num_tasks):
-            theta = self.adapt(batch.x_support[b], batch.y_support[b], steps, meta_graph=False)
-            with torch.no_grad():
-                after.append(self.learner(theta, x_grid))
-        return before.expand(batch.num_tasks, *before.shape).clone(), torch.stack(after)
+            return self.learner(self.theta0.expand_as(theta), grid), self.learner(theta, grid)
 
     def flat_loss(self, x: Tensor, y: Tensor, num_labels: int) -> Tensor:
         raise NotImplementedError(f"{self.name} is episodic: it has no flat pre-training")

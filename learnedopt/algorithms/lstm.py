@@ -51,10 +51,16 @@ class MetaLSTM(EpisodicAlgorithm):
         return grad / num_examples if self._options["divide_grad_by_batch"] else grad
 
     def _init_state(self, theta):
-        return self.rule.init_state(theta)
+        return [self.rule.init_state(row) for row in theta]
 
     def _step(self, theta, grad, loss, state, t, steps):
-        return self.rule(theta, grad, loss, state)
+        # One call per task: the layer-1 input includes the task's own loss, a scalar per call.
+        rows, states = [], []
+        for b in range(theta.shape[0]):
+            row, task_state = self.rule(theta[b], grad[b], loss[b], state[b])
+            rows.append(row)
+            states.append(task_state)
+        return torch.stack(rows), states
 
     def gate_trace(self, batch: TaskBatch, steps: int | None = None, coordinates: int = 20,
                    seed: int = 0) -> dict[str, Tensor]:
@@ -70,20 +76,18 @@ class MetaLSTM(EpisodicAlgorithm):
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(n, generator=generator)[:min(coordinates, n)].to(self.theta0.device)
         trace = {"input_gate": [], "forget_gate": [], "input_gate_mean": [], "forget_gate_mean": []}
-        for b in range(batch.num_tasks):
-            per_task = {key: [] for key in trace}
 
-            def observe(t, state):
-                for gate, pre in (("input_gate", state.i), ("forget_gate", state.f)):
-                    value = torch.sigmoid(pre.detach())
-                    per_task[gate].append(value[index])
-                    per_task[gate + "_mean"].append(value.mean())
+        def observe(t, states):
+            for gate in ("input_gate", "forget_gate"):
+                value = torch.sigmoid(torch.stack([s.i if gate == "input_gate" else s.f
+                                                   for s in states]).detach())
+                trace[gate].append(value[:, index])
+                trace[gate + "_mean"].append(value.mean(dim=1))
 
-            self.adapt(batch.x_support[b], batch.y_support[b], steps, meta_graph=False,
-                       bn=self._new_bn(), observer=observe)
-            for key, values in per_task.items():
-                trace[key].append(torch.stack(values))
-        result = {key: torch.stack(values) for key, values in trace.items()}
+        self.adapt(batch.x_support, batch.y_support, steps, meta_graph=False,
+                   bn=self._new_bn(batch.num_tasks), observer=observe)
+        # Stacked over steps at dim 1: (B, steps, coordinates) and (B, steps).
+        result = {key: torch.stack(values, dim=1) for key, values in trace.items()}
         result["coordinates"] = index
         return result
 

@@ -26,9 +26,9 @@ def theil_index(losses: Tensor) -> Tensor:
 
 
 def predictive_entropy(logits: Tensor) -> Tensor:
-    """Mean entropy of the softmax predictions, (N, C) -> 0-d."""
-    log_p = torch.log_softmax(logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1).mean()
+    """Mean entropy of the softmax predictions per task, (B, N, C) -> (B,)."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1).mean(dim=-1)
 
 
 class TAML(MAML):
@@ -49,12 +49,11 @@ class TAML(MAML):
         _options.require(self.name, self._options["penalty_weight"] >= 0,
                          f"penalty_weight must be >= 0, got {self._options['penalty_weight']}")
 
-    def _objective(self, query_losses, records):
+    def _objective(self, query_losses, batch, output):
         if self._options["penalty"] == "theil":
             penalty = theil_index(query_losses)
         else:
-            gaps = [predictive_entropy(r["output"])
-                    - predictive_entropy(self.learner(self.theta0, r["x_query"])) for r in records]
-            penalty = torch.stack(gaps).mean()
+            unadapted = self.learner(self.theta0.expand(batch.num_tasks, -1), batch.x_query)
+            penalty = (predictive_entropy(output) - predictive_entropy(unadapted)).mean()
         objective = query_losses.mean() + self._options["penalty_weight"] * penalty
         return objective, {"penalty": float(penalty.detach())}

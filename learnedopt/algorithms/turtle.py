@@ -50,8 +50,13 @@ class Turtle(EpisodicAlgorithm):
         return grad  # the clamp runs inside the fused step (turtle_step's grad_clamp)
 
     def _init_state(self, theta):
-        return torch.zeros_like(theta)  # m; turtle_step starts the average at g_0 itself
+        return theta.new_zeros(theta.numel())  # m; turtle_step starts the average at g_0 itself
 
     def _step(self, theta, grad, loss, state, t, steps):
+        # The rule is coordinate-wise, so the B tasks' coordinates go through one call of the
+        # fused step as B*n coordinates, each task's row paired with the same alpha.
+        tasks = theta.shape[0]
         clamp = clamp_for(steps, self._options["grad_clamp"])
-        return self.rule(theta, grad, state, t, self.alpha, grad_clamp=clamp)
+        theta_new, m = self.rule(theta.reshape(-1), grad.reshape(-1), state, t,
+                                 self.alpha.repeat(tasks), grad_clamp=clamp)
+        return theta_new.view(tasks, -1), m
