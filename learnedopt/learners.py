@@ -226,6 +226,9 @@ class Conv4(Learner):
 
     The head's input size follows from ``in_shape`` (C, H, W): 64 for 1×28×28 with padding,
     ``filters``·25 for 3×84×84. Batch-norm scale and shift are part of theta.
+    ``grouped``: run a batch of tasks as one grouped convolution (True), one task at a time
+    (False), or None: grouped on CUDA, one at a time on the CPU, whose grouped-convolution
+    backward is the slower of the two. The results are the same.
     """
 
     kind = "classification"
@@ -233,8 +236,9 @@ class Conv4(Learner):
     BLOCKS = 4
 
     def __init__(self, ways: int, in_shape: Sequence[int] = (1, 28, 28), filters: int = 64,
-                 padding: bool = True, bn_eps: float = 1e-5):
+                 padding: bool = True, bn_eps: float = 1e-5, grouped: bool | None = None):
         in_shape = tuple(int(s) for s in in_shape)
+        self.grouped = grouped
         if ways < 2:
             raise ValueError(f"Conv4: ways must be >= 2, got {ways}")
         if len(in_shape) != 3 or min(in_shape) < 1:
@@ -263,7 +267,8 @@ class Conv4(Learner):
 
     def config(self) -> dict:
         return {"name": "conv4", "ways": self.ways, "in_shape": list(self.in_shape),
-                "filters": self.filters, "padding": self.padding, "bn_eps": self.bn_eps}
+                "filters": self.filters, "padding": self.padding, "bn_eps": self.bn_eps,
+                "grouped": self.grouped}
 
     @property
     def feature_size(self) -> int:
@@ -301,8 +306,25 @@ class Conv4(Learner):
         if bn is not None and bn.mean[0].shape[0] != tasks * self.filters:
             raise ValueError(f"Conv4: the BatchNormStats hold {bn.mean[0].shape[0] // self.filters} "
                              f"tasks, the input {tasks}")
-        p = self.layout.unflatten(theta)
         factor = bn.begin_update() if (bn is not None and not use_running) else 0.0
+        means = vars_ = [None] * self.BLOCKS
+        if bn is not None:
+            means, vars_ = bn.mean, bn.var
+        grouped = x.is_cuda if self.grouped is None else self.grouped
+        if grouped or tasks == 1:
+            return self._blocks(theta, x, means, vars_, factor, use_running)
+        # One task at a time, each with its slice (a view) of the running statistics.
+        outputs = []
+        for b in range(tasks):
+            rows = slice(b * self.filters, (b + 1) * self.filters)
+            outputs.append(self._blocks(
+                theta[b:b + 1], x[b:b + 1], [m if m is None else m[rows] for m in means],
+                [v if v is None else v[rows] for v in vars_], factor, use_running))
+        return torch.cat(outputs)
+
+    def _blocks(self, theta, x, means, vars_, factor, use_running) -> Tensor:
+        tasks, examples = x.shape[:2]
+        p = self.layout.unflatten(theta)
         # Tasks become channel groups: (N, B*C, H, W) through a convolution with groups=B, so each
         # task sees only its own filters, and batch norm's per-channel statistics are per task.
         h = x.transpose(0, 1).reshape(examples, tasks * self.in_shape[0], *self.in_shape[1:])
@@ -310,11 +332,11 @@ class Conv4(Learner):
             weight = p[f"conv{k}.weight"].reshape(tasks * self.filters, *p[f"conv{k}.weight"].shape[2:])
             h = F.conv2d(h, weight, p[f"conv{k}.bias"].reshape(-1), padding=int(self.padding),
                          groups=tasks)
-            mean, var = (bn.mean[k], bn.var[k]) if bn is not None else (None, None)
             # training=True normalises with the batch's statistics and, given running tensors,
             # folds them in (in place, outside autograd); training=False uses the running ones.
-            h = F.batch_norm(h, mean, var, p[f"bn{k}.weight"].reshape(-1), p[f"bn{k}.bias"].reshape(-1),
-                             training=not use_running, momentum=factor, eps=self.bn_eps)
+            h = F.batch_norm(h, means[k], vars_[k], p[f"bn{k}.weight"].reshape(-1),
+                             p[f"bn{k}.bias"].reshape(-1), training=not use_running,
+                             momentum=factor, eps=self.bn_eps)
             h = F.max_pool2d(torch.relu(h), 2)
         return h.reshape(examples, tasks, self.feature_size).transpose(0, 1)
 

@@ -213,6 +213,22 @@ def test_first_and_second_order_differ_exactly_when_they_should(name):
     _assert_grads_close(so0, fo0)
 
 
+@pytest.mark.parametrize("name", ["maml", "metasgd", "metalstm++", "turtle"])
+@pytest.mark.parametrize("task", ["sine", "images"])
+def test_a_meta_batch_equals_its_tasks_one_by_one(name, task):
+    """The batched inner loop gives each task exactly what adapting it alone gives."""
+    learner, batch = (MLP(SMALL_MLP), sine_batch(tasks=3)) if task == "sine" else \
+        (tiny_conv4(), image_batch(tasks=3))
+    algorithm = build(name, learner, inner_steps=2)
+    together = meta_gradients(algorithm, batch)
+    alone = [meta_gradients(algorithm, batch.task(b)) for b in range(3)]
+    mean = {key: sum(g[key] for g in alone) / 3 for key in together}
+    _assert_grads_close(together, mean)
+    per_task = algorithm.adapt_and_evaluate(batch)["loss"]
+    torch.testing.assert_close(per_task, torch.cat([algorithm.adapt_and_evaluate(batch.task(b))["loss"]
+                                                    for b in range(3)]), rtol=1e-5, atol=1e-6)
+
+
 def test_maml_second_order_meta_gradient_matches_torch_func():
     """An independent formulation: theta' = theta - a * grad L_S(theta) with torch.func."""
     algorithm = build("maml", MLP(SMALL_MLP), inner_steps=1, inner_lr=0.05)

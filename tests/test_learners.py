@@ -163,8 +163,9 @@ def test_config_round_trip_and_learner_for_task():
     assert learner_for_task(FakeImages(), filters=64, in_shape=(1, 28, 28)).feature_size == 64
 
 
-@pytest.mark.parametrize("learner", [MLP((1, 9, 7, 1)), Conv4(3, (1, 28, 28), 4),
-                                     Conv4(4, (3, 48, 48), 5, padding=False)])
+@pytest.mark.parametrize("learner", [MLP((1, 9, 7, 1)), Conv4(3, (1, 28, 28), 4, grouped=True),
+                                     Conv4(3, (1, 28, 28), 4, grouped=False),
+                                     Conv4(4, (3, 48, 48), 5, padding=False, grouped=True)])
 def test_a_batch_of_tasks_equals_each_task_alone(learner):
     torch.manual_seed(4)
     tasks, examples = 3, 6
