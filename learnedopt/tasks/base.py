@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor
@@ -55,3 +56,46 @@ class TaskSampler(Protocol):
         """Non-episodic training data for the transfer baselines: (x, y, num_labels), with y the
         global class index among the training classes (classification) or targets (regression)."""
         ...
+
+
+# Fixed (validation/test) tasks are drawn in chunks of this many, each chunk from a generator of
+# its own, so the same seed gives the same tasks whatever batch size they are evaluated in.
+FIXED_TASK_CHUNK = 100
+
+
+def fixed_task_batches(sample: Callable[[int, torch.Generator], TaskBatch], split: str,
+                       num_tasks: int, batch_size: int, seed: int) -> Iterator[TaskBatch]:
+    """The seeded fixed tasks of ``split``, ``batch_size`` at a time.
+
+    ``sample(count, generator)`` draws ``count`` tasks. The generators are CPU generators derived
+    from (seed, split, chunk), so the tasks are the same on every device, never overlap between
+    splits, and do not depend on how much training consumed from the training generator.
+    """
+    if num_tasks < 1 or batch_size < 1:
+        raise ValueError(f"fixed tasks: num_tasks and batch_size must be >= 1, got {num_tasks}, {batch_size}")
+    base = (seed * 1_000_003 + zlib.crc32(split.encode())) * 1_000_003
+    pending: list[TaskBatch] = []
+    have = 0
+    for start in range(0, num_tasks, FIXED_TASK_CHUNK):
+        generator = torch.Generator().manual_seed(base + start // FIXED_TASK_CHUNK)
+        pending.append(sample(min(FIXED_TASK_CHUNK, num_tasks - start), generator))
+        have += pending[-1].num_tasks
+        while have >= batch_size or (start + FIXED_TASK_CHUNK >= num_tasks and have > 0):
+            merged = _concat(pending)
+            take = min(batch_size, have)
+            yield _slice(merged, 0, take)
+            rest = _slice(merged, take, have)
+            have -= take
+            pending = [rest] if have else []
+
+
+def _concat(batches: list[TaskBatch]) -> TaskBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return TaskBatch(*(torch.cat(parts) for parts in zip(
+        *((b.x_support, b.y_support, b.x_query, b.y_query) for b in batches))))
+
+
+def _slice(batch: TaskBatch, start: int, stop: int) -> TaskBatch:
+    return TaskBatch(batch.x_support[start:stop], batch.y_support[start:stop],
+                     batch.x_query[start:stop], batch.y_query[start:stop])

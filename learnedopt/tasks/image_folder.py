@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import os
-import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from learnedopt.tasks import episodes
-from learnedopt.tasks.base import TaskBatch
+from learnedopt.tasks.base import TaskBatch, fixed_task_batches
 from learnedopt.tasks.episodes import ClassPool
 from learnedopt.tasks.image_cache import (IMAGE_SUFFIXES, DecodeSpec, ImageRef, cache_key,
                                           default_cache_dir, load_or_decode)
@@ -165,11 +164,10 @@ class ImageFolderTasks:
 
     def _fixed_tasks(self, pool: ClassPool, split: str, num_tasks: int, batch_size: int,
                      seed: int) -> Iterator[TaskBatch]:
-        # Same seeding as the other samplers: a CPU generator per split, device independent.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
-        for start in range(0, num_tasks, batch_size):
-            yield episodes.sample_episodes(pool, min(batch_size, num_tasks - start), self.ways,
-                                           self.shots, self.queries, generator)
+        def sample(count: int, generator: torch.Generator) -> TaskBatch:
+            return episodes.sample_episodes(pool, count, self.ways, self.shots, self.queries,
+                                            generator)
+        return fixed_task_batches(sample, split, num_tasks, batch_size, seed)
 
     def sample_flat(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
         return episodes.sample_flat(self.pool("train"), batch_size, generator)

@@ -28,7 +28,6 @@ import os
 import random
 import re
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor
 
 from learnedopt.tasks import episodes
-from learnedopt.tasks.base import TaskBatch
+from learnedopt.tasks.base import TaskBatch, fixed_task_batches
 from learnedopt.tasks.episodes import ClassPool
 from learnedopt.tasks.image_cache import (DecodeSpec, ImageRef, cache_key, default_cache_dir,
                                           load_or_decode)
@@ -311,13 +310,10 @@ class OmniglotTasks:
 
     def _fixed_tasks(self, pool: ClassPool, split: str, num_tasks: int, batch_size: int,
                      seed: int) -> Iterator[TaskBatch]:
-        # A CPU generator of its own per split: the same tasks on every device and whatever
-        # training has consumed from its generator.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
-        for start in range(0, num_tasks, batch_size):
-            yield episodes.sample_episodes(pool, min(batch_size, num_tasks - start), self.ways,
-                                           self.shots, self.queries, generator,
-                                           self.within_alphabet)
+        def sample(count: int, generator: torch.Generator) -> TaskBatch:
+            return episodes.sample_episodes(pool, count, self.ways, self.shots, self.queries,
+                                            generator, self.within_alphabet)
+        return fixed_task_batches(sample, split, num_tasks, batch_size, seed)
 
     def sample_flat(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
         return episodes.sample_flat(self.pool("train"), batch_size, generator)

@@ -4,13 +4,12 @@ x ~ U[-5, 5]. A whole batch of tasks is drawn with a few tensor ops on the targe
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from learnedopt.tasks.base import TaskBatch
+from learnedopt.tasks.base import TaskBatch, fixed_task_batches
 
 
 class SineTasks:
@@ -53,11 +52,7 @@ class SineTasks:
 
     def fixed_tasks(self, split: str, num_tasks: int, batch_size: int, seed: int
                     ) -> Iterator[TaskBatch]:
-        # A generator of its own per split, so validation and test sets never overlap in seed and
-        # do not depend on how much training has consumed the training generator.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(split.encode()))
-        for start in range(0, num_tasks, batch_size):
-            yield self.sample(min(batch_size, num_tasks - start), generator)
+        return fixed_task_batches(self.sample, split, num_tasks, batch_size, seed)
 
     def sample_flat(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
         """Points of independently drawn tasks, for the transfer baselines' pre-training."""

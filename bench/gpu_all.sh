@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One call on a GPU machine (at most 10 minutes): build the CUDA extension, run the CUDA tests,
+# run the GPU benchmarks. Raw logs and result JSON go to bench/results/ and, when $OUT is set,
+# to $OUT as well.
+#
+#   bash bench/gpu_all.sh            # from the repository root (or anywhere: it cd's there)
+#
+# Every stage has its own time limit (seconds, overridable through the environment) so that one
+# slow stage cannot starve the rest: build 200, tests 90, ops 170, meta-training 50, optimizer 30,
+# about 9 minutes with start-up. The benchmarks write their JSON progressively, so a stage cut by
+# its limit still leaves what it finished (marked "complete": false).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_S=${BUILD_S:-200}; TESTS_S=${TESTS_S:-90}; OPS_S=${OPS_S:-170}
+META_S=${META_S:-50}; OPTIM_S=${OPTIM_S:-30}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+LOGS=bench/results/logs/gpu-$STAMP
+mkdir -p "$LOGS"
+PY=${PYTHON:-python3}
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, tee its log, report its status
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc after $((SECONDS - t0))s$([ "$rc" = 124 ] && echo ' (time limit)')"
+  echo "$name $rc $((SECONDS - t0))" >> "$LOGS/stages.txt"
+  return "$rc"
+}
+
+{
+  echo "date: $(date -u --iso-8601=seconds)"
+  echo "command: bash bench/gpu_all.sh (BUILD_S=$BUILD_S TESTS_S=$TESTS_S OPS_S=$OPS_S META_S=$META_S OPTIM_S=$OPTIM_S)"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: not available"
+  nvcc --version 2>&1 | tail -2 || echo "nvcc: not available"
+  $PY -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None, 'cpu threads', torch.get_num_threads(), 'cores', os.cpu_count())"
+} 2>&1 | tee "$LOGS/header.log"
+
+# Build only for this GPU's architecture: compiling for every default one would take minutes.
+ARCH=$($PY -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}.{p[1]}')" 2>/dev/null)
+[[ $ARCH =~ ^[0-9]+\.[0-9]+$ ]] || ARCH=""
+BUILD_ENV=(env LEARNEDOPT_CUDA=1 ${ARCH:+TORCH_CUDA_ARCH_LIST=$ARCH} MAX_JOBS=$(nproc))
+T0=$SECONDS
+# --no-deps: the machine may have no network; torch, numpy, tqdm must already be there.
+stage build "$BUILD_S" "${BUILD_ENV[@]}" $PY -m pip install --no-build-isolation --no-deps -e . ||
+  stage build_inplace $((BUILD_S - (SECONDS - T0) > 30 ? BUILD_S - (SECONDS - T0) : 30)) \
+    "${BUILD_ENV[@]}" $PY setup.py -q build_ext --inplace
+stage info 30 $PY -c "import learnedopt; from learnedopt import ops; print(ops.describe())"
+# -k cuda selects tests named after CUDA and tests marked @pytest.mark.cuda (markers are keywords).
+stage tests "$TESTS_S" $PY -m pytest -q -k cuda -p no:cacheprovider tests/
+stage ops "$OPS_S" $PY -m bench.ops --device cuda --budget 0.2 --out "bench/results/ops-cuda-$STAMP.json"
+stage meta_train "$META_S" $PY -m bench.meta_train --device cuda --quick --budget 3 \
+  --out "bench/results/meta_train-cuda-$STAMP.json"
+stage optimizer "$OPTIM_S" $PY -m bench.optimizer --device cuda --budget 1 \
+  --out "bench/results/optimizer-cuda-$STAMP.json"
+MADE=(bench/results/*-cuda-"$STAMP".json)
+[ -e "${MADE[0]}" ] && stage report 30 $PY -m bench.report "${MADE[@]}" --plots "$LOGS"
+
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT/results"
+  [ -e "${MADE[0]}" ] && cp "${MADE[@]}" "$OUT/results/"
+  cp -r "$LOGS" "$OUT/"
+  echo "copied results and logs to $OUT"
+fi
+cat "$LOGS/stages.txt"

@@ -1,0 +1,83 @@
+"""How every benchmark here times a callable: warm-up, then samples of back-to-back calls until a
+time budget is spent, then the median and spread of the per-call time.
+
+Each sample runs ``calls_per_sample`` calls and is closed by a device synchronisation, so a sample
+measures throughput (launches queue back to back, as in a training loop) rather than launch
+latency, and the timer's own cost is spread over many calls when one call is tiny. The callable
+receives the call index, so that it can rotate over several pre-allocated input copies.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Seconds per call over ``samples`` samples of ``calls_per_sample`` calls each."""
+    median_s: float
+    q1_s: float
+    q3_s: float
+    min_s: float
+    max_s: float
+    samples: int
+    calls_per_sample: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What makes the host wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def measure(fn: Callable[[int], object], device: torch.device, budget_s: float = 1.0,
+            warmup_s: float = 0.1, min_samples: int = 5, max_samples: int = 2000,
+            min_sample_s: float = 1e-3, warmup_calls: int = 2) -> Timing:
+    """Time ``fn(call_index)``.
+
+    Warm-up: at least ``warmup_calls`` calls and ``warmup_s`` seconds (JIT compilation, allocator
+    growth and lazy initialisation land here, not in the samples). Then ``calls_per_sample`` is
+    chosen so that one sample lasts at least ``min_sample_s``, and samples are taken until
+    ``budget_s`` is spent (at least ``min_samples``, at most ``max_samples``; a slow call may
+    exceed the budget).
+    """
+    sync = synchronizer(device)
+    calls = 0
+    start = time.perf_counter()
+    while calls < warmup_calls or time.perf_counter() - start < warmup_s:
+        fn(calls)
+        sync()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    calls_per_sample = max(1, math.ceil(min_sample_s / max(per_call, 1e-9)))
+
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < max_samples and (len(samples) < min_samples or spent < budget_s):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls_per_sample):
+            fn(calls)
+            calls += 1
+        sync()
+        elapsed = time.perf_counter() - t0
+        spent += elapsed
+        samples.append(elapsed / calls_per_sample)
+
+    samples.sort()
+    if len(samples) >= 4:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    else:
+        q1, q3 = samples[0], samples[-1]
+    return Timing(statistics.median(samples), q1, q3, samples[0], samples[-1], len(samples),
+                  calls_per_sample)

@@ -1,0 +1,93 @@
+// Torch-side pieces shared by the CPU and CUDA glue of meta_lstm_step: the argument checks (so a
+// direct torch.ops call cannot crash a kernel) and the split of the concatenated weight gradients.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "common/glue.h"
+#include "common/meta_lstm_math.h"
+
+namespace lo {
+
+constexpr int kMetaLSTMInputs = 15;  // theta, grad, loss, h, c, f_prev, i_prev, w_ih, ..., b_i
+inline constexpr const char* kMetaLSTMInputNames[kMetaLSTMInputs] = {
+    "theta", "grad", "loss", "h", "c", "f_prev", "i_prev", "w_ih",
+    "w_hh", "b_ih", "b_hh", "w_f", "b_f", "w_i", "b_i"};
+
+struct MetaLSTMShape {
+  int64_t n;
+  int64_t hidden;
+  int64_t input_size;  // 4: preprocessed [loss, grad]; 1: raw gradient
+};
+
+// The expected shape of every input, in schema order.
+inline std::array<std::vector<int64_t>, kMetaLSTMInputs> meta_lstm_input_shapes(const MetaLSTMShape& s) {
+  const int64_t n = s.n, H = s.hidden;
+  return {{{n}, {n}, {}, {n, H}, {n, H}, {n}, {n}, {4 * H, s.input_size}, {4 * H, H}, {4 * H},
+           {4 * H}, {H + 2}, {1}, {H + 2}, {1}}};
+}
+
+inline MetaLSTMShape check_meta_lstm_inputs(const char* op, at::TensorList in) {
+  TORCH_CHECK(in.size() == kMetaLSTMInputs, "learnedopt::", op, ": expected ", kMetaLSTMInputs,
+              " tensor inputs, got ", in.size());
+  const at::Tensor& theta = in[0];
+  check_float(op, "theta", theta);
+  for (int k = 1; k < kMetaLSTMInputs; ++k) check_same(op, kMetaLSTMInputNames[k], in[k], theta);
+  TORCH_CHECK(theta.dim() == 1, "learnedopt::", op, ": theta must be 1-D (one entry per coordinate), "
+              "got shape ", theta.sizes());
+  const at::Tensor& h = in[3];
+  TORCH_CHECK(h.dim() == 2 && h.size(0) == theta.size(0), "learnedopt::", op,
+              ": h must have shape (n, hidden) with n = ", theta.size(0), ", got ", h.sizes());
+  const int64_t hidden = h.size(1);
+  TORCH_CHECK(hidden >= 1 && hidden <= kMetaLSTMMaxHidden, "learnedopt::", op, ": hidden size ",
+              hidden, " is not supported (1..", kMetaLSTMMaxHidden, ")");
+  const at::Tensor& w_ih = in[7];
+  TORCH_CHECK(w_ih.dim() == 2 && (w_ih.size(1) == 4 || w_ih.size(1) == 1), "learnedopt::", op,
+              ": w_ih must have shape (4*hidden, 4) or (4*hidden, 1), got ", w_ih.sizes());
+  const MetaLSTMShape s{theta.size(0), hidden, w_ih.size(1)};
+  const auto shapes = meta_lstm_input_shapes(s);
+  for (int k = 0; k < kMetaLSTMInputs; ++k) check_shape(op, kMetaLSTMInputNames[k], in[k], shapes[k]);
+  return s;
+}
+
+// The gradients of the five outputs (theta_new, h_new, c_new, f, i) given to the backward.
+inline void check_meta_lstm_output_grads(const char* op, at::TensorList grads, at::TensorList inputs) {
+  const char* names[] = {"grad_theta_new", "grad_h_new", "grad_c_new", "grad_f", "grad_i"};
+  const int like[] = {0, 3, 4, 0, 0};  // the input whose shape each output (and gradient) has
+  TORCH_CHECK(grads.size() == 5, "learnedopt::", op, ": expected 5 output gradients");
+  for (int k = 0; k < 5; ++k) {
+    check_same(op, names[k], grads[k], inputs[0]);
+    check_shape(op, names[k], grads[k], inputs[like[k]].sizes());
+  }
+}
+
+// The gradients of the 15 inputs, in schema order.
+using MetaLSTMInputGrads =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+               at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+               at::Tensor>;
+
+// `per_coord` holds the gradients of theta, grad, h, c, f_prev, i_prev; `flat` the weight and loss
+// gradients as the kernels write them (meta_lstm_weight_grad's order), cut here into separate
+// tensors of the inputs' shapes (no two outputs may share storage).
+inline MetaLSTMInputGrads assemble_meta_lstm_input_grads(const std::vector<at::Tensor>& per_coord,
+                                                         const at::Tensor& flat, const MetaLSTMShape& s) {
+  const auto shapes = meta_lstm_input_shapes(s);
+  std::vector<at::Tensor> out;
+  int64_t offset = 0;
+  for (int k : {2, 7, 8, 9, 10, 11, 12, 13, 14}) {
+    int64_t numel = 1;
+    for (int64_t d : shapes[k]) numel *= d;
+    out.push_back(flat.narrow(0, offset, numel).reshape(shapes[k]).clone());
+    offset += numel;
+  }
+  const std::vector<at::Tensor>& d = per_coord;
+  const std::vector<at::Tensor>& w = out;
+  return {d[0], d[1], w[0], d[2], d[3], d[4], d[5], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]};
+}
+
+}  // namespace lo

@@ -1,0 +1,159 @@
+// Torch glue of meta_lstm_step and its backward on the CPU: argument checks, output allocation,
+// the per-call gate bias (which folds in the loss), dtype and SIMD dispatch.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "common/meta_lstm_glue.h"
+#include "common/meta_lstm_math.h"
+#include "cpu/capability.h"
+#include "cpu/meta_lstm_kernel.h"
+
+namespace lo {
+namespace cpu {
+namespace {
+
+MetaLSTMKernels kernels() {
+  switch (capability()) {
+    case Capability::kAVX512: return meta_lstm_kernels_avx512();
+    case Capability::kAVX2: return meta_lstm_kernels_avx2();
+    default: return meta_lstm_kernels_baseline();
+  }
+}
+
+// Contiguous copies of the inputs (no copy when they already are).
+std::vector<at::Tensor> contiguous(at::TensorList in) {
+  std::vector<at::Tensor> out;
+  out.reserve(in.size());
+  for (const at::Tensor& t : in) out.push_back(t.contiguous());
+  return out;
+}
+
+// Holds the weights' pointers and the gate bias that MetaLSTMParams points into.
+template <typename S>
+struct ParamsHolder {
+  std::vector<S> gate_bias;
+  MetaLSTMParams<S> params;
+  S loss;
+
+  ParamsHolder(const std::vector<at::Tensor>& in, const MetaLSTMShape& s, double p, double log_eps,
+               bool strict) {
+    const PreprocessParams<S> pp = PreprocessParams<S>::make(p, log_eps, strict);
+    const S* w_ih = in[7].data_ptr<S>();
+    const S* b_ih = in[9].data_ptr<S>();
+    const S* b_hh = in[10].data_ptr<S>();
+    loss = in[2].data_ptr<S>()[0];
+    gate_bias.resize(4 * s.hidden);
+    for (int r = 0; r < 4 * s.hidden; ++r) {
+      gate_bias[r] = s.input_size == 4 ? meta_lstm_gate_bias<4, S>(r, w_ih, b_ih, b_hh, loss, pp)
+                                       : meta_lstm_gate_bias<1, S>(r, w_ih, b_ih, b_hh, loss, pp);
+    }
+    params = {w_ih,
+              in[8].data_ptr<S>(),
+              gate_bias.data(),
+              in[11].data_ptr<S>(),
+              in[12].data_ptr<S>(),
+              in[13].data_ptr<S>(),
+              in[14].data_ptr<S>(),
+              static_cast<int>(s.hidden),
+              pp};
+  }
+};
+
+template <typename S>
+void run_forward(const std::vector<at::Tensor>& in, const MetaLSTMShape& s, double p, double log_eps,
+                 bool strict, at::Tensor& theta_new, at::Tensor& h_new, at::Tensor& c_new,
+                 at::Tensor& f, at::Tensor& i) {
+  ParamsHolder<S> holder(in, s, p, log_eps, strict);
+  MetaLSTMForwardArgs<S> a{in[0].data_ptr<S>(), in[1].data_ptr<S>(), in[3].data_ptr<S>(),
+                           in[4].data_ptr<S>(), in[5].data_ptr<S>(), in[6].data_ptr<S>(),
+                           theta_new.data_ptr<S>(), h_new.data_ptr<S>(), c_new.data_ptr<S>(),
+                           f.data_ptr<S>(), i.data_ptr<S>(), s.n, static_cast<int>(s.input_size),
+                           holder.params};
+  const MetaLSTMKernels k = kernels();
+  if constexpr (std::is_same_v<S, float>) k.forward_f32(a);
+  else k.forward_f64(a);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm_step(
+    const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& h,
+    const at::Tensor& c, const at::Tensor& f_prev, const at::Tensor& i_prev, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f,
+    const at::Tensor& b_f, const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps,
+    bool strict) {
+  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
+                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
+  const MetaLSTMShape s = check_meta_lstm_inputs("meta_lstm_step", raw);
+  const std::vector<at::Tensor> in = contiguous(raw);
+  at::Tensor theta_new = at::empty_like(in[0]), f = at::empty_like(in[0]), i = at::empty_like(in[0]);
+  at::Tensor h_new = at::empty_like(in[3]), c_new = at::empty_like(in[4]);
+  if (theta.scalar_type() == at::kFloat) {
+    run_forward<float>(in, s, p, log_eps, strict, theta_new, h_new, c_new, f, i);
+  } else {
+    run_forward<double>(in, s, p, log_eps, strict, theta_new, h_new, c_new, f, i);
+  }
+  return {theta_new, h_new, c_new, f, i};
+}
+
+template <typename S>
+void run_backward(const std::vector<at::Tensor>& g, const std::vector<at::Tensor>& in,
+                  const MetaLSTMShape& s, double p, double log_eps, bool strict,
+                  std::vector<at::Tensor>& d, at::Tensor& d_weights, at::Tensor& partials) {
+  ParamsHolder<S> holder(in, s, p, log_eps, strict);
+  MetaLSTMBackwardArgs<S> a{g[0].data_ptr<S>(), g[1].data_ptr<S>(), g[2].data_ptr<S>(),
+                            g[3].data_ptr<S>(), g[4].data_ptr<S>(),
+                            in[0].data_ptr<S>(), in[1].data_ptr<S>(), in[3].data_ptr<S>(),
+                            in[4].data_ptr<S>(), in[5].data_ptr<S>(), in[6].data_ptr<S>(),
+                            d[0].data_ptr<S>(), d[1].data_ptr<S>(), d[2].data_ptr<S>(),
+                            d[3].data_ptr<S>(), d[4].data_ptr<S>(), d[5].data_ptr<S>(),
+                            d_weights.data_ptr<S>(), partials.data_ptr<double>(), holder.loss,
+                            s.n, static_cast<int>(s.input_size), holder.params};
+  const MetaLSTMKernels k = kernels();
+  if constexpr (std::is_same_v<S, float>) k.backward_f32(a);
+  else k.backward_f64(a);
+}
+
+MetaLSTMInputGrads meta_lstm_step_backward(
+    const at::Tensor& g_theta_new, const at::Tensor& g_h_new, const at::Tensor& g_c_new,
+    const at::Tensor& g_f, const at::Tensor& g_i, const at::Tensor& theta, const at::Tensor& grad,
+    const at::Tensor& loss, const at::Tensor& h, const at::Tensor& c, const at::Tensor& f_prev,
+    const at::Tensor& i_prev, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f, const at::Tensor& b_f,
+    const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps, bool strict) {
+  const char* op = "meta_lstm_step_backward";
+  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
+                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
+  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
+  const std::vector<at::Tensor> raw_g = {g_theta_new, g_h_new, g_c_new, g_f, g_i};
+  check_meta_lstm_output_grads(op, raw_g, raw);
+  const std::vector<at::Tensor> in = contiguous(raw), g = contiguous(raw_g);
+
+  // Per-coordinate input gradients: theta, grad, h, c, f_prev, i_prev.
+  std::vector<at::Tensor> d = {at::empty_like(in[0]), at::empty_like(in[1]), at::empty_like(in[3]),
+                               at::empty_like(in[4]), at::empty_like(in[5]), at::empty_like(in[6])};
+  const int64_t count = s.input_size == 4 ? meta_lstm_weight_grad_count<4>(s.hidden)
+                                          : meta_lstm_weight_grad_count<1>(s.hidden);
+  const int64_t packed = s.input_size == 4 ? meta_lstm_packed_layout<4>(s.hidden).size
+                                           : meta_lstm_packed_layout<1>(s.hidden).size;
+  at::Tensor d_weights = at::empty({count}, in[0].options());
+  at::Tensor partials = at::empty({num_chunks(s.n, kMetaLSTMChunk) * packed},
+                                  in[0].options().dtype(at::kDouble));
+  if (theta.scalar_type() == at::kFloat) {
+    run_backward<float>(g, in, s, p, log_eps, strict, d, d_weights, partials);
+  } else {
+    run_backward<double>(g, in, s, p, log_eps, strict, d, d_weights, partials);
+  }
+  return assemble_meta_lstm_input_grads(d, d_weights, s);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(learnedopt, CPU, m) {
+  m.impl("meta_lstm_step", &meta_lstm_step);
+  m.impl("meta_lstm_step_backward", &meta_lstm_step_backward);
+}
+
+}  // namespace cpu
+}  // namespace lo

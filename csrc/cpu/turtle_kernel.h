@@ -1,0 +1,174 @@
+// CPU kernels of turtle_step and its backward: SIMD over coordinates (float), the math from
+// common/turtle_math.h, OpenMP over fixed-size chunks. Torch-free; compiled once per capability
+// (turtle_<cap>.cpp) and picked at run time by turtle_cpu.cpp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/turtle_math.h"
+#include "cpu/parallel.h"
+
+namespace lo {
+namespace cpu {
+
+struct TurtleKernels {
+  void (*forward_f32)(const TurtleForwardArgs<float>&, const TurtleNet&, const TurtleStep<float>&);
+  void (*forward_f64)(const TurtleForwardArgs<double>&, const TurtleNet&, const TurtleStep<double>&);
+  void (*backward_f32)(const TurtleBackwardArgs<float>&, const TurtleNet&, const TurtleStep<float>&);
+  void (*backward_f64)(const TurtleBackwardArgs<double>&, const TurtleNet&,
+                       const TurtleStep<double>&);
+};
+
+TurtleKernels turtle_kernels_baseline();
+TurtleKernels turtle_kernels_avx2();
+TurtleKernels turtle_kernels_avx512();
+
+// Coordinates per chunk of the backward: the unit of the deterministic weight-gradient sum. Each
+// chunk sums into per-lane accumulators (at most 2048 / lanes terms each in S), then into one
+// double per parameter; chunks are added in index order. Neither depends on the thread count.
+constexpr int64_t kTurtleBackwardChunk = 2048;
+// Chunks whose double partials are held at once; bounds the scratch for the widest networks.
+constexpr int64_t kTurtleChunksPerWave = 256;
+
+#ifdef LO_CAPABILITY
+namespace LO_CAPABILITY {
+
+constexpr int64_t kTurtleForwardChunk = 1 << 14;
+
+// Lanes j..j+W-1 of p, the lanes at or beyond `end` read as 0 (a zero coordinate contributes
+// exactly 0 to every weight gradient, since its output gradients are 0 too).
+template <typename V, typename S, int W>
+inline V load_lanes(const S* LO_RESTRICT p, int64_t j, int64_t end) {
+  if constexpr (W == 1) {
+    return p[j];
+  } else {
+    V v;
+    if (j + W <= end) return simd::load<V>(p + j);
+    for (int l = 0; l < W; ++l) v[l] = j + l < end ? p[j + l] : S(0);
+    return v;
+  }
+}
+
+template <typename V, typename S, int W>
+inline void store_lanes(S* LO_RESTRICT p, int64_t j, int64_t end, V v) {
+  if constexpr (W == 1) {
+    p[j] = v;
+  } else {
+    if (j + W <= end) return simd::store(p + j, v);
+    for (int l = 0; l < W; ++l)
+      if (j + l < end) p[j + l] = v[l];
+  }
+}
+
+template <int kH, typename S, typename V, int W>
+void turtle_forward_impl(const TurtleForwardArgs<S>& a, const TurtleNet& net,
+                         const TurtleStep<S>& st) {
+  for_each_chunk(a.n, kTurtleForwardChunk, [&](int64_t begin, int64_t end, int64_t) {
+    for (int64_t j = begin; j < end; j += W) {
+      V theta_new, m_new;
+      turtle_forward<kH>(load_lanes<V, S, W>(a.theta, j, end), load_lanes<V, S, W>(a.grad, j, end),
+                         load_lanes<V, S, W>(a.m, j, end), load_lanes<V, S, W>(a.alpha, j, end),
+                         a.params, net, st, theta_new, m_new);
+      store_lanes<V, S, W>(a.theta_new, j, end, theta_new);
+      store_lanes<V, S, W>(a.m_new, j, end, m_new);
+    }
+  });
+}
+
+template <int kH, typename S, typename V, int W>
+void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
+                          const TurtleStep<S>& st) {
+  const int64_t num_params = net.num_params;
+  const int64_t chunks = num_chunks(a.n, kTurtleBackwardChunk);
+  std::vector<double> total(num_params, 0.0);
+  std::vector<double> partial(
+      (chunks < kTurtleChunksPerWave ? chunks : kTurtleChunksPerWave) * num_params);
+
+  for (int64_t first_chunk = 0; first_chunk < chunks; first_chunk += kTurtleChunksPerWave) {
+    const int64_t wave_begin = first_chunk * kTurtleBackwardChunk;
+    const int64_t wave_end_chunk =
+        first_chunk + kTurtleChunksPerWave < chunks ? first_chunk + kTurtleChunksPerWave : chunks;
+    const int64_t wave_n =
+        (wave_end_chunk * kTurtleBackwardChunk < a.n ? wave_end_chunk * kTurtleBackwardChunk : a.n) -
+        wave_begin;
+
+    for_each_chunk(wave_n, kTurtleBackwardChunk, [&](int64_t b, int64_t e, int64_t chunk) {
+      const int64_t begin = wave_begin + b, end = wave_begin + e;
+      std::vector<V> acc(num_params, V{});
+      V acts[(kTurtleMaxLayers - 1) * kActStride<kH>];
+      auto layer_grad = [&](int k, const V* dz, int out, const V* in_act, int in, auto out_count,
+                            auto in_count) {
+        constexpr int kOut = decltype(out_count)::value, kIn = decltype(in_count)::value;
+        V* LO_RESTRICT acc_w = acc.data() + net.offset[k];
+        V* LO_RESTRICT acc_b = acc_w + out * in;
+        const int stride = kIn > 0 ? kIn : in;
+        for_n<kOut>(out, [&](int o) {
+          const V d = dz[o];
+          acc_b[o] += d;
+          for_n<kIn>(in, [&](int i) { acc_w[o * stride + i] += d * in_act[i]; });
+        });
+      };
+      for (int64_t j = begin; j < end; j += W) {
+        V d_grad, d_m, d_alpha;
+        const V d_theta_new = load_lanes<V, S, W>(a.d_theta_new, j, end);
+        turtle_backward<kH>(d_theta_new, load_lanes<V, S, W>(a.d_m_new, j, end),
+                            load_lanes<V, S, W>(a.grad, j, end), load_lanes<V, S, W>(a.m, j, end),
+                            load_lanes<V, S, W>(a.alpha, j, end), a.params, net, st, acts, d_grad,
+                            d_m, d_alpha, layer_grad);
+        store_lanes<V, S, W>(a.d_theta, j, end, d_theta_new);
+        store_lanes<V, S, W>(a.d_grad, j, end, d_grad);
+        store_lanes<V, S, W>(a.d_m, j, end, d_m);
+        store_lanes<V, S, W>(a.d_alpha, j, end, d_alpha);
+      }
+      double* out = partial.data() + (chunk)*num_params;
+      for (int64_t p = 0; p < num_params; ++p) {
+        if constexpr (W == 1) {
+          out[p] = acc[p];
+        } else {
+          double s = 0.0;
+          for (int l = 0; l < W; ++l) s += acc[p][l];
+          out[p] = s;
+        }
+      }
+    });
+
+    for (int64_t c = 0; c < wave_end_chunk - first_chunk; ++c)
+      for (int64_t p = 0; p < num_params; ++p) total[p] += partial[c * num_params + p];
+  }
+  for (int64_t p = 0; p < num_params; ++p) a.d_params[p] = static_cast<S>(total[p]);
+}
+
+// The paper's width gets the unrolled kernel; any other shape the run-time-width one.
+template <typename S, typename V, int W>
+void turtle_forward_kernel(const TurtleForwardArgs<S>& a, const TurtleNet& net,
+                           const TurtleStep<S>& st) {
+  if (net.hidden_widths_are(kTurtlePaperWidth))
+    turtle_forward_impl<kTurtlePaperWidth, S, V, W>(a, net, st);
+  else
+    turtle_forward_impl<0, S, V, W>(a, net, st);
+}
+
+template <typename S, typename V, int W>
+void turtle_backward_kernel(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
+                            const TurtleStep<S>& st) {
+  if (net.hidden_widths_are(kTurtlePaperWidth))
+    turtle_backward_impl<kTurtlePaperWidth, S, V, W>(a, net, st);
+  else
+    turtle_backward_impl<0, S, V, W>(a, net, st);
+}
+
+}  // namespace LO_CAPABILITY
+
+// float runs W lanes per instruction; double stays scalar (it serves gradcheck and tests).
+TurtleKernels LO_KERNEL(turtle_kernels)() {
+  constexpr int W = sizeof(LO_VEC) / sizeof(float);
+  return {&LO_CAPABILITY::turtle_forward_kernel<float, LO_VEC, W>,
+          &LO_CAPABILITY::turtle_forward_kernel<double, double, 1>,
+          &LO_CAPABILITY::turtle_backward_kernel<float, LO_VEC, W>,
+          &LO_CAPABILITY::turtle_backward_kernel<double, double, 1>};
+}
+#endif  // LO_CAPABILITY
+
+}  // namespace cpu
+}  // namespace lo

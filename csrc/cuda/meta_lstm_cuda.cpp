@@ -1,0 +1,119 @@
+// Torch glue of meta_lstm_step and its backward on CUDA: checks, device guard, current stream,
+// output and scratch allocation, dtype dispatch. The kernels are in meta_lstm_kernel.cu.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "common/meta_lstm_glue.h"
+#include "cuda/glue.h"
+#include "cuda/meta_lstm_kernel.h"
+
+namespace lo {
+namespace cuda {
+namespace {
+
+std::vector<at::Tensor> contiguous(at::TensorList in) {
+  std::vector<at::Tensor> out;
+  out.reserve(in.size());
+  for (const at::Tensor& t : in) out.push_back(t.contiguous());
+  return out;
+}
+
+// Inputs in schema order: theta, grad, loss, h, c, f_prev, i_prev, w_ih, ..., b_i.
+template <typename S>
+MetaLSTMDeviceWeights<S> device_weights(const std::vector<at::Tensor>& in, const MetaLSTMShape& s,
+                                        double p, double log_eps, bool strict) {
+  return {in[2].data_ptr<S>(),  in[7].data_ptr<S>(),  in[8].data_ptr<S>(),
+          in[9].data_ptr<S>(),  in[10].data_ptr<S>(), in[11].data_ptr<S>(),
+          in[12].data_ptr<S>(), in[13].data_ptr<S>(), in[14].data_ptr<S>(),
+          static_cast<int>(s.hidden), static_cast<int>(s.input_size),
+          PreprocessParams<S>::make(p, log_eps, strict)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm_step_cuda(
+    const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& h,
+    const at::Tensor& c, const at::Tensor& f_prev, const at::Tensor& i_prev, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f,
+    const at::Tensor& b_f, const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps,
+    bool strict) {
+  constexpr const char* op = "meta_lstm_step";
+  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
+                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
+  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
+  check_cuda(op, "theta", theta);
+  const c10::cuda::CUDAGuard guard(theta.device());
+  const std::vector<at::Tensor> in = contiguous(raw);
+  at::Tensor theta_new = at::empty_like(in[0]), f = at::empty_like(in[0]), i = at::empty_like(in[0]);
+  at::Tensor h_new = at::empty_like(in[3]), c_new = at::empty_like(in[4]);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  Status status;
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), op, [&] {
+    const MetaLSTMCudaForwardArgs<scalar_t> a{
+        in[0].data_ptr<scalar_t>(), in[1].data_ptr<scalar_t>(), in[3].data_ptr<scalar_t>(),
+        in[4].data_ptr<scalar_t>(), in[5].data_ptr<scalar_t>(), in[6].data_ptr<scalar_t>(),
+        theta_new.data_ptr<scalar_t>(), h_new.data_ptr<scalar_t>(), c_new.data_ptr<scalar_t>(),
+        f.data_ptr<scalar_t>(), i.data_ptr<scalar_t>(), s.n,
+        device_weights<scalar_t>(in, s, p, log_eps, strict)};
+    status = meta_lstm_forward_cuda<scalar_t>(a, stream);
+  });
+  check_status(status, op);
+  return {theta_new, h_new, c_new, f, i};
+}
+
+MetaLSTMInputGrads meta_lstm_step_backward_cuda(
+    const at::Tensor& g_theta_new, const at::Tensor& g_h_new, const at::Tensor& g_c_new,
+    const at::Tensor& g_f, const at::Tensor& g_i, const at::Tensor& theta, const at::Tensor& grad,
+    const at::Tensor& loss, const at::Tensor& h, const at::Tensor& c, const at::Tensor& f_prev,
+    const at::Tensor& i_prev, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f, const at::Tensor& b_f,
+    const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps, bool strict) {
+  constexpr const char* op = "meta_lstm_step_backward";
+  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
+                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
+  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
+  check_cuda(op, "theta", theta);
+  const std::vector<at::Tensor> raw_g = {g_theta_new, g_h_new, g_c_new, g_f, g_i};
+  check_meta_lstm_output_grads(op, raw_g, raw);
+  const c10::cuda::CUDAGuard guard(theta.device());
+  const std::vector<at::Tensor> in = contiguous(raw), g = contiguous(raw_g);
+
+  // Per-coordinate input gradients: theta, grad, h, c, f_prev, i_prev.
+  std::vector<at::Tensor> d = {at::empty_like(in[0]), at::empty_like(in[1]), at::empty_like(in[3]),
+                               at::empty_like(in[4]), at::empty_like(in[5]), at::empty_like(in[6])};
+  const int64_t count = s.input_size == 4 ? meta_lstm_weight_grad_count<4>(s.hidden)
+                                          : meta_lstm_weight_grad_count<1>(s.hidden);
+  at::Tensor d_weights = at::empty({count}, in[0].options());
+  at::Tensor scratch = at::empty(
+      {meta_lstm_backward_scratch_size(s.n, static_cast<int>(s.hidden), static_cast<int>(s.input_size))},
+      in[0].options().dtype(at::kDouble));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  Status status;
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), op, [&] {
+    const MetaLSTMCudaBackwardArgs<scalar_t> a{
+        g[0].data_ptr<scalar_t>(), g[1].data_ptr<scalar_t>(), g[2].data_ptr<scalar_t>(),
+        g[3].data_ptr<scalar_t>(), g[4].data_ptr<scalar_t>(),
+        in[0].data_ptr<scalar_t>(), in[1].data_ptr<scalar_t>(), in[3].data_ptr<scalar_t>(),
+        in[4].data_ptr<scalar_t>(), in[5].data_ptr<scalar_t>(), in[6].data_ptr<scalar_t>(),
+        d[0].data_ptr<scalar_t>(), d[1].data_ptr<scalar_t>(), d[2].data_ptr<scalar_t>(),
+        d[3].data_ptr<scalar_t>(), d[4].data_ptr<scalar_t>(), d[5].data_ptr<scalar_t>(),
+        d_weights.data_ptr<scalar_t>(), scratch.data_ptr<double>(), s.n,
+        device_weights<scalar_t>(in, s, p, log_eps, strict)};
+    status = meta_lstm_backward_cuda<scalar_t>(a, stream);
+  });
+  check_status(status, op);
+  return assemble_meta_lstm_input_grads(d, d_weights, s);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(learnedopt, CUDA, m) {
+  m.impl("meta_lstm_step", &meta_lstm_step_cuda);
+  m.impl("meta_lstm_step_backward", &meta_lstm_step_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace lo

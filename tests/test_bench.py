@@ -1,0 +1,256 @@
+"""Smoke tests of the benchmark harness (bench/): tiny sizes, the fields of the JSON results and of
+the Markdown they render to. Nothing here asserts a speed: speed claims come from bench/ runs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from bench import memory, meta_train, ops as bench_ops, optimizer as bench_optimizer, report, results
+from bench.timing import measure
+from learnedopt import ops, reference
+
+CPU = torch.device("cpu")
+MACHINE_FIELDS = ("hostname", "cpu_model", "cpu_count", "threads", "gpu_model", "torch", "cuda")
+HEADER_FIELDS = ("schema", "benchmark", "device", "date", "command", "git_commit", "backend",
+                 "machine", "results", "complete")
+
+
+def check_header(record: dict, benchmark: str) -> None:
+    for field in HEADER_FIELDS:
+        assert field in record, field
+    assert record["schema"] == "learnedopt-bench/1"
+    assert record["benchmark"] == benchmark and record["device"] == "cpu"
+    assert record["complete"] is True
+    assert record["command"].startswith(f"python3 -m bench.{benchmark}")
+    for field in MACHINE_FIELDS:
+        assert field in record["machine"], field
+    assert record["machine"]["threads"] == torch.get_num_threads()
+
+
+def check_rows(rows: list[dict]) -> None:
+    """Every row is either a measurement with its timing or says why it is missing."""
+    assert rows
+    for r in rows:
+        assert r["status"] in ("ok", "skipped", "error")
+        if r["status"] == "ok":
+            t = r["timing"]
+            assert 0 < t["min_s"] <= t["q1_s"] <= t["median_s"] <= t["q3_s"] <= t["max_s"]
+        else:
+            assert isinstance(r["reason"], str) and r["reason"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ops_record(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ops") / "ops.json"
+    bench_ops.main(["--quick", "--sizes", "1000,3000", "--ops", "preprocess,turtle_step",
+                    "--impls", "eager,fused", "--budget", "0.01", "--threads", "1",
+                    "--out", str(out)])
+    return out, json.loads(out.read_text())
+
+
+def test_measure_reports_ordered_statistics():
+    t = measure(lambda i: time.sleep(0.001), CPU, budget_s=0.02, warmup_s=0.0, min_samples=4)
+    assert t.samples >= 4 and t.calls_per_sample >= 1
+    assert 0.001 <= t.min_s <= t.q1_s <= t.median_s <= t.q3_s <= t.max_s
+
+
+def test_measure_passes_distinct_call_indices():
+    seen = []
+    measure(seen.append, CPU, budget_s=0.0, warmup_s=0.0, min_samples=3, min_sample_s=0.0)
+    assert seen == list(range(len(seen))) and len(seen) >= 5  # 2 warm-up calls + 3 samples
+
+
+def test_peak_memory_sees_a_freed_tensor():
+    with memory.PeakMemory(CPU) as peak:
+        x = torch.ones(1 << 20)  # 4 MiB, freed before the block ends
+        del x
+    assert peak.bytes is not None and peak.bytes >= 4 << 20
+
+
+def test_rotation_copies_cover_the_cache_and_are_bounded():
+    assert bench_ops.rotation_copies(1 << 20, 32 << 20) == 64
+    assert bench_ops.rotation_copies(16 << 20, 32 << 20) == 4
+    assert bench_ops.rotation_copies(1 << 30, 32 << 20) == 1
+
+
+def test_flop_counts_follow_the_stated_rule():
+    # Going from 1 to 4 LSTM inputs adds 3 input columns to a 4H-row matmul: 2*4H*3 FLOP.
+    h = 20
+    assert bench_ops.meta_lstm_forward_flop(h, 4) - bench_ops.meta_lstm_forward_flop(h, 1) == 2 * 4 * h * 3
+    # One Linear(3 -> 20) then Linear(20 -> 1): 2*3*20 + 20 + 2*20*1 + 1, plus momentum and update.
+    assert bench_ops.turtle_forward_flop([3, 20, 1]) == 120 + 20 + 40 + 1 + 3 + 2
+    spec = bench_ops.SPECS["meta_lstm_step"]()
+    assert spec.flop_per_coordinate("forward+backward") == 3 * spec.flop_per_coordinate("forward")
+    assert spec.values_per_coordinate("forward") == (4 + 2 * h) + (3 + 2 * h)
+
+
+def test_op_specs_match_the_reference_outputs():
+    """The declared output shapes and per-coordinate write counts agree with what the op returns."""
+    gen = torch.Generator().manual_seed(0)
+    n = 7
+    for name, make in bench_ops.SPECS.items():
+        spec = make()
+        out = spec.call(getattr(reference, name),
+                        spec.shared(CPU, torch.float32), spec.per_coordinate(n, CPU, torch.float32, gen))
+        outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+        assert [tuple(o.shape) for o in outs] == spec.output_shapes(n), name
+        assert sum(o.numel() for o in outs) == spec.forward_writes * n, name
+
+
+def test_ops_result_file(ops_record):
+    path, record = ops_record
+    check_header(record, "ops")
+    check_rows(record["results"])
+    c = record["ceilings"]
+    assert c["bandwidth_bytes_per_s"] > 0 and c["fp32_flop_per_s"] > 0 and c["how"]
+    assert {"sizes", "dtype", "bytes_rule", "flop_rule", "shapes"} <= set(record["settings"])
+    measured = {(r["op"], r["mode"], r["impl"], r["n"]) for r in record["results"]}
+    assert len(measured) == 2 * 2 * 2 * 2  # ops x passes x implementations x sizes, ok or not
+    for r in record["results"]:
+        if r["status"] == "ok":
+            assert r["coordinates_per_s"] > 0 and r["roofline_fraction"] > 0
+            assert r["bound"] in ("memory", "compute") and r["copies"] >= 1
+            assert r["speedup_vs_eager"] is not None  # eager ran at every size
+        if r["impl"] == "fused":
+            # Measured exactly where the build has the kernel; otherwise skipped with the reason.
+            assert (r["status"] == "ok") == ops.available("cpu", r["op"])
+
+
+def test_ops_markdown_has_one_row_per_op_pass_and_size(ops_record):
+    _, record = ops_record
+    text = results.render(record)
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(table) == 2 * 2 * 2
+    assert "| op | pass | n | eager | compile | fused |" in text
+    assert record["command"] in text
+
+
+def test_compile_is_measured_or_skipped_with_a_reason(tmp_path):
+    out = tmp_path / "ops.json"
+    bench_ops.main(["--quick", "--sizes", "1000", "--ops", "preprocess", "--modes", "forward",
+                    "--impls", "eager,compile", "--budget", "0.01", "--threads", "1", "--out", str(out)])
+    record = json.loads(out.read_text())
+    check_rows(record["results"])
+    row = next(r for r in record["results"] if r["impl"] == "compile")
+    if row["status"] == "ok":
+        assert row["speedup_vs_compile"] == pytest.approx(1.0)
+
+
+def test_meta_train_result_file(tmp_path):
+    out = tmp_path / "mt.json"
+    meta_train.main(["--quick", "--cases", "1", "--budget", "0.01", "--threads", "1",
+                     "--data", "synthetic", "--out", str(out)])
+    record = json.loads(out.read_text())
+    check_header(record, "meta_train")
+    check_rows(record["results"])
+    assert {r["backend"] for r in record["results"]} == {"fused", "reference"}
+    for r in record["results"]:
+        if r["status"] == "ok":
+            assert r["meta_iterations_per_s"] > 0 and r["peak_bytes"] > 0
+            assert r["options"]["meta_batch_size"] >= 1
+    assert "Meta-training, CPU" in results.render(record)
+
+
+def test_synthetic_images_have_the_episode_layout():
+    sampler = meta_train.SyntheticImageTasks(ways=5, shots=1, queries=3, device=CPU)
+    batch = sampler.sample(2, torch.Generator().manual_seed(0))
+    assert batch.x_support.shape == (2, 5, 1, 28, 28) and batch.x_query.shape == (2, 15, 1, 28, 28)
+    assert batch.y_support.dtype == torch.int64
+    assert batch.y_query[0].tolist() == [c for c in range(5) for _ in range(3)]
+
+
+def test_missing_omniglot_falls_back_to_synthetic_with_the_reason(tmp_path):
+    sampler, note = meta_train.make_sampler("omniglot", "auto", tmp_path / "absent", CPU)
+    assert isinstance(sampler, meta_train.SyntheticImageTasks)
+    assert "synthetic" in note and str(tmp_path / "absent") in note
+    with pytest.raises(SystemExit, match="no Omniglot data"):
+        meta_train.make_sampler("omniglot", "omniglot", tmp_path / "absent", CPU)
+
+
+def test_optimizer_result_file(tmp_path):
+    out = tmp_path / "opt.json"
+    bench_optimizer.main(["--tensors", "4", "--width", "8", "--budget", "0.01", "--threads", "1",
+                          "--out", str(out)])
+    record = json.loads(out.read_text())
+    check_header(record, "optimizer")
+    check_rows(record["results"])
+    assert record["settings"]["parameters"] == 2 * (8 * 8 + 8)
+    baseline = next(r for r in record["results"] if r["optimizer"] == bench_optimizer.BASELINE)
+    assert baseline["status"] == "ok" and baseline["time_vs_adam_foreach"] == pytest.approx(1.0)
+    assert "time vs Adam foreach" in results.render(record)
+
+
+def test_optimizer_refuses_an_odd_tensor_count():
+    with pytest.raises(SystemExit, match="even"):
+        bench_optimizer.make_model(3, 8, CPU)
+
+
+README = "# Title\n\nintro\n\n<!-- bench:cpu:start -->\nold cpu\n<!-- bench:cpu:end -->\n\n" \
+         "middle\n\n<!-- bench:gpu:start -->\nold gpu\n<!-- bench:gpu:end -->\n\nend\n"
+
+
+def test_report_rewrites_only_the_marked_sections(ops_record, tmp_path):
+    path, _ = ops_record
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    report.main([str(path), "--readme", str(readme), "--plots", str(tmp_path / "plots")])
+    text = readme.read_text()
+    assert "old cpu" not in text and "old gpu" not in text
+    assert text.startswith("# Title\n\nintro\n\n<!-- bench:cpu:start -->\n")
+    assert "\nmiddle\n" in text and text.endswith("<!-- bench:gpu:end -->\n\nend\n")
+    cpu = text[text.index("bench:cpu:start"):text.index("bench:cpu:end")]
+    assert "| op | pass | n |" in cpu and path.name in cpu
+    assert "No CUDA benchmark results" in text
+    plot = tmp_path / "plots" / "ops-speedup-cpu.png"
+    if ops.available("cpu", "preprocess"):
+        pytest.importorskip("matplotlib")
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "ops-speedup-cpu.png" in cpu
+
+
+def test_report_names_a_missing_marker(ops_record, tmp_path):
+    path, _ = ops_record
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="bench:cpu:start"):
+        report.main([str(path), "--readme", str(readme)])
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_report_leaves_smoke_results_out_by_default(ops_record, tmp_path):
+    _, record = ops_record
+    smoke = tmp_path / "smoke.json"
+    smoke.write_text(json.dumps({**record, "label": "smoke"}))
+    assert "No CPU benchmark results" in report.main([str(smoke)])["cpu"]
+    assert "**smoke**" in report.main([str(smoke), "--include-smoke"])["cpu"]
+
+
+def test_report_picks_the_newest_file_per_device_and_benchmark(ops_record, tmp_path):
+    _, record = ops_record
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({**record, "date": "2000-01-01T00:00:00+00:00"}))
+    new.write_text(json.dumps(record))
+    assert "new.json" in report.main([str(old), str(new)])["cpu"]
+
+
+def test_load_json_refuses_other_files(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="not a learnedopt benchmark result"):
+        results.load_json(bad)
+
+
+def test_an_unknown_device_is_refused_clearly():
+    with pytest.raises(SystemExit, match="expected cpu or cuda"):
+        bench_ops.main(["--device", "tpu", "--sizes", "1000"])
