@@ -19,16 +19,24 @@ class MetaAlgorithm(nn.Module):
     :class:`learnedopt.rules.MetaLSTMRule` or :class:`~learnedopt.rules.TurtleRule`); per-coordinate
     learned step sizes (TURTLE, Meta-SGD) are ``self.alpha``, one 1-D Parameter over the learner's
     flattened parameters; the learner's initial parameters are ``self.theta0`` (1-D Parameter).
+
+    Implementations live next to this file (registry and ``build_algorithm`` in
+    ``learnedopt.algorithms``); the learner is a :class:`learnedopt.learners.Learner` used
+    functionally over the flat theta. Optional extras used by the plots:
+    ``predict_adapted(batch, x_grid, steps) -> (before, after)`` (regression) and, for the LSTM
+    family, ``gate_trace(batch) -> dict``.
     """
 
     name: ClassVar[str]
     # Non-episodic pre-training (TrainFromScratch, Finetuning, Baseline++) sets this and
-    # implements flat_loss; the training loop then feeds it sampler.sample_flat batches.
+    # implements flat_loss; the training loop then feeds it sampler.sample_flat batches of
+    # meta_batch_size examples (their meta_loss raises TypeError).
     pretrains_flat: ClassVar[bool] = False
 
     @classmethod
-    def option_defaults(cls, task: str) -> dict:
-        """Every option with its SPEC default for ``task`` ("sine", "omniglot", "images")."""
+    def option_defaults(cls, task: str, ways: int | None = None) -> dict:
+        """Every option with its SPEC default for ``task`` ("sine", "omniglot", "images");
+        ``ways`` selects between defaults that depend on it (MAML's 5- vs 20-way Omniglot)."""
         raise NotImplementedError
 
     def options(self) -> dict:
