@@ -1,5 +1,4 @@
 #define LO_CAPABILITY avx2
 #include "cpu/capability_variant.h"
 // The MLP is chains of multiply-adds: let them fuse (ISO -std=c++17 turns GCC's contraction off).
-#pragma GCC optimize("fp-contract=fast")
 #include "cpu/turtle_kernel.h"
