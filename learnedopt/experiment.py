@@ -57,8 +57,18 @@ def check_algorithm_name(name: str) -> None:
         raise ValueError(f"unknown algorithm {name!r}; available: {sorted(algorithms.ALGORITHMS)}")
 
 
-def build_algorithm(name: str, learner, options: dict[str, Any]):
+def build_algorithm(name: str, learner, options: dict[str, Any], sampler=None):
     """``options`` override the algorithm's defaults for the learner's task; unknown names and
-    mistyped values are refused by the algorithm with the list of valid options."""
+    mistyped values are refused by the algorithm with the list of valid options.
+
+    With a classification ``sampler``, a transfer baseline's pre-training head is sized to the
+    sampler's training classes (``num_pretrain_classes``) unless the options set it: the head must
+    exist before the outer optimizer is built over the algorithm's parameters."""
     from learnedopt import algorithms
+    options = dict(options)
+    cls = algorithms.ALGORITHMS.get(name)
+    if (sampler is not None and cls is not None and cls.pretrains_flat
+            and sampler.kind == "classification" and not options.get("num_pretrain_classes")):
+        probe = torch.Generator(device=sampler.device).manual_seed(0)
+        options["num_pretrain_classes"] = int(sampler.sample_flat(1, probe)[2])
     return algorithms.build_algorithm(name, learner, **options)

@@ -114,8 +114,8 @@ class _Trainer:
         self.sampler = experiment.build_sampler(config.task, self.device)
         self.learner_spec = config.learner or experiment.default_learner_spec(config.task, self.sampler)
         learner = experiment.build_learner(self.learner_spec)
-        self.algorithm = experiment.build_algorithm(config.algorithm, learner,
-                                                    config.options).to(self.device)
+        self.algorithm = experiment.build_algorithm(config.algorithm, learner, config.options,
+                                                    self.sampler).to(self.device)
         self.optimizer = torch.optim.Adam(
             [p for p in self.algorithm.parameters() if p.requires_grad], lr=self.algorithm.outer_lr)
         self.generator = torch.Generator(device=self.sampler.device).manual_seed(config.seed)
