@@ -150,6 +150,11 @@ def build_problem(name: str, omniglot: tuple[Tensor, list[int]] | None) -> Probl
     if omniglot is None:
         raise ValueError(f"problem {name!r} needs the Omniglot images")
     images, counts = omniglot
+    if len(counts) < OMNIGLOT_WAYS or min(counts) <= OMNIGLOT_TRAIN_PER_CLASS:
+        raise ValueError(f"problem {name!r} needs >= {OMNIGLOT_WAYS} characters with more than "
+                         f"{OMNIGLOT_TRAIN_PER_CLASS} drawings each; the Omniglot evaluation set "
+                         f"given has {len(counts)} characters with {min(counts, default=0)} to "
+                         f"{max(counts, default=0)} drawings")
     data = lambda seed: omniglot_data(seed, images, counts)  # noqa: E731
     common = (f"{OMNIGLOT_WAYS} Omniglot evaluation-set characters, {OMNIGLOT_TRAIN_PER_CLASS} "
               f"drawings each (rest held out), 28x28")
@@ -209,10 +214,11 @@ def train_once(job: tuple[str, int, str, float, int]) -> dict[str, Any]:
     for step in range(steps + 1):
         loss = problem.loss(model(data.x_train), data.y_train)
         value = loss.item()
-        curve.append(value)
-        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * curve[0]:
+        if not math.isfinite(value) or (curve and value > DIVERGENCE_FACTOR * curve[0]):
+            curve.append(value if math.isfinite(value) else None)  # JSON has no NaN
             diverged_at = step
             break
+        curve.append(value)
         if step == steps:
             break
         optimizer.zero_grad()
@@ -224,7 +230,8 @@ def train_once(job: tuple[str, int, str, float, int]) -> dict[str, Any]:
     if diverged_at is None:
         with torch.no_grad():
             out = model(data.x_test)
-            result["test_loss"] = problem.loss(out, data.y_test).item()
+            test_loss = problem.loss(out, data.y_test).item()
+            result["test_loss"] = test_loss if math.isfinite(test_loss) else None
             if problem.classification:
                 result["test_accuracy"] = (out.argmax(1) == data.y_test).float().mean().item()
     return result
@@ -249,14 +256,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                        "std": statistics.stdev(finals) if len(finals) > 1 else (0.0 if finals else None)},
         "curves_per_seed": [r["curve"] for r in runs],
         "diverged_at_step": [r["diverged_at"] for r in runs],
+        "seconds": round(sum(r["seconds"] for r in runs), 2),
     }
     if ok:
         columns = list(zip(*[r["curve"] for r in ok]))
         out["curve"] = {"mean": [statistics.fmean(c) for c in columns],
                         "min": [min(c) for c in columns], "max": [max(c) for c in columns]}
         for metric in ("test_loss", "test_accuracy"):
-            if metric in ok[0]:
-                out[metric] = {"mean": statistics.fmean(r[metric] for r in ok),
+            values = [r[metric] for r in ok if r.get(metric) is not None]
+            if values:
+                out[metric] = {"mean": statistics.fmean(values),
                                "per_seed": [r.get(metric) for r in runs]}
     return out
 
@@ -284,22 +293,32 @@ def cell(entry: dict[str, Any]) -> str:
     text = "diverged" if fl["mean"] is None else f"{_fmt(fl['mean'])} ± {_fmt(fl['std'])}"
     if bad:
         text += f" ({bad}/{n} diverged)"
-    return f"{text} (lr {entry['lr']:g})"
+    edge = " †" if entry.get("lr_at_grid_edge") else ""
+    return f"{text} (lr {entry['lr']:g}{edge})"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
     problems = list(results["problems"])
-    labels: list[str] = []
-    for p in problems:
-        for label in results["problems"][p]["entries"]:
-            if label not in labels:
-                labels.append(label)
+    order = [*LEARNED, *(f"{k} (lr tuned)" for k in LEARNED), "sgd (tuned)", "adam (tuned)"]
+    labels = [label for label in order
+              if any(label in results["problems"][p]["entries"] for p in problems)]
     lines = ["| optimizer | " + " | ".join(problems) + " |",
              "|---|" + "---|" * len(problems)]
     for label in labels:
-        cells = [cell(results["problems"][p]["entries"][label])
-                 if label in results["problems"][p]["entries"] else "—" for p in problems]
+        cells = []
+        for p in problems:
+            entries = results["problems"][p]["entries"]
+            if label in entries:
+                cells.append(cell(entries[label]))
+            elif label.endswith("(lr tuned)"):
+                cells.append("the sweep picked lr 1")
+            else:
+                cells.append("—")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if any(e.get("lr_at_grid_edge") for p in problems
+           for e in results["problems"][p]["entries"].values()):
+        lines.append("\n† the tuning picked the smallest or largest lr of the grid: a wider grid "
+                     "might do better.")
     return "\n".join(lines)
 
 
@@ -349,7 +368,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             steps = range(len(curve["mean"]))
             style = "-" if e["optimizer"] in LEARNED else "--"
             bad = len(e["summary"]["diverged"])
-            name = f"{label} (lr {e['lr']:g})" + (f", {bad} diverged" if bad else "")
+            name = f"{label}, lr {e['lr']:g}" + (f", {bad} diverged" if bad else "")
             line, = ax.plot(steps, curve["mean"], style, lw=1.6, label=name)
             ax.fill_between(steps, curve["min"], curve["max"], color=line.get_color(), alpha=0.15,
                             lw=0)
@@ -448,8 +467,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def rule_provenance(kind: str, name: str) -> dict[str, Any]:
     path = resolve(name)
     data = load_rule(path)
+    # A config may hold math.inf (TURTLE's "no clamp"), which JSON cannot: written as a string.
+    config = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+              for k, v in data["config"].items()}
     entry = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-             "kind": data["kind"], "config": data["config"], "max_t": data.get("max_t"),
+             "kind": data["kind"], "config": config, "max_t": data.get("max_t"),
              "source": {k: data.get("source", {}).get(k) for k in ("algorithm", "iteration")}}
     if "alpha" in data:
         entry["alpha_median"] = data["alpha"]["median"]
@@ -463,6 +485,7 @@ def run_jobs(pool, jobs: list[tuple]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     started = time.time()
     try:
@@ -474,16 +497,20 @@ def main(argv: list[str] | None = None) -> int:
     rules = {k: v["file"] for k, v in provenance.items()}
 
     omniglot = None
-    if any(p.startswith("omniglot") for p in args.problems):
-        from learnedopt.tasks.omniglot import load_omniglot_set
-        chars = load_omniglot_set(args.data_root, "images_evaluation", 28, args.cache_dir)
-        omniglot = (chars.images, chars.counts)
-    problems = {p: build_problem(p, omniglot) for p in args.problems}
+    try:
+        if any(p.startswith("omniglot") for p in args.problems):
+            from learnedopt.tasks.omniglot import load_omniglot_set
+            chars = load_omniglot_set(args.data_root, "images_evaluation", 28, args.cache_dir)
+            omniglot = (chars.images, chars.counts)
+        problems = {p: build_problem(p, omniglot) for p in args.problems}
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
-    grids = {"sgd": args.sgd_grid, "adam": args.adam_grid}
+    # Learned rules first, so their tuned-lr rows sit next to them in the table.
     swept = [k for k in args.learned if k in ("turtle", "metalstm") and args.learned_lr_grid]
-    for k in swept:
-        grids[k] = sorted(set(args.learned_lr_grid) | {1.0})
+    grids = {k: sorted(set(args.learned_lr_grid) | {1.0}) for k in swept}
+    grids.update(sgd=args.sgd_grid, adam=args.adam_grid)
 
     pool = None
     if args.workers > 1:
@@ -496,14 +523,15 @@ def main(argv: list[str] | None = None) -> int:
                        for p in args.problems for kind, grid in grids.items() for lr in grid]
         tuning_runs = run_jobs(pool, tuning_jobs)
 
-        # What to evaluate per problem: label -> (optimizer, lr, how the lr was chosen).
-        plan: dict[str, dict[str, tuple[str, float, str]]] = {}
+        # What to evaluate per problem: label -> (optimizer, lr, how the lr was chosen, whether it
+        # is an edge of its grid).
+        plan: dict[str, dict[str, tuple[str, float, str, bool]]] = {}
         tuning_report: dict[str, Any] = {}
         for p in args.problems:
             plan[p] = {}
             tuning_report[p] = {}
             for kind in args.learned:
-                plan[p][kind] = (kind, 1.0, "as shipped (lr = 1: the meta-learned update)")
+                plan[p][kind] = (kind, 1.0, "as shipped (lr = 1: the meta-learned update)", False)
             for kind, grid in grids.items():
                 runs = [r for r in tuning_runs if r["problem"] == p and r["optimizer"] == kind]
                 lr, edge = pick_lr(runs)
@@ -514,12 +542,12 @@ def main(argv: list[str] | None = None) -> int:
                 how = f"tuned on seed {args.tuning_seed} over {grid}" + \
                       (" (at the grid's edge)" if edge else "")
                 if kind in ("sgd", "adam"):
-                    plan[p][f"{kind} (tuned)"] = (kind, lr, how)
+                    plan[p][f"{kind} (tuned)"] = (kind, lr, how, edge)
                 elif lr != 1.0:
-                    plan[p][f"{kind} (lr tuned)"] = (kind, lr, how)
+                    plan[p][f"{kind} (lr tuned)"] = (kind, lr, how, edge)
 
         eval_jobs = [(p, seed, kind, lr, args.steps) for p in args.problems
-                     for kind, lr, _ in plan[p].values() for seed in range(args.seeds)]
+                     for kind, lr, _, _ in plan[p].values() for seed in range(args.seeds)]
         eval_runs = run_jobs(pool, eval_jobs)
     finally:
         if pool is not None:
@@ -529,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "format": "learnedopt-evaluate-rules/1",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": shlex.join(["python3", os.path.relpath(__file__, REPO), *argv]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads_per_worker": 1,
@@ -554,11 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     for p in args.problems:
         entries = {}
-        for label, (kind, lr, how) in plan[p].items():
+        for label, (kind, lr, how, edge) in plan[p].items():
             runs = sorted((r for r in eval_runs if r["problem"] == p and r["optimizer"] == kind
                            and r["lr"] == lr), key=lambda r: r["seed"])
             entries[label] = {"optimizer": kind, "lr": lr, "lr_choice": how,
-                              "summary": summarize(runs)}
+                              "lr_at_grid_edge": edge, "summary": summarize(runs)}
         results["problems"][p] = {"description": problems[p].description, "entries": entries}
     results["verdicts"] = {p: verdict(p, results["problems"][p]["entries"]) for p in args.problems}
     results["seconds"] = round(time.time() - started, 1)
