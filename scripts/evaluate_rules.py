@@ -63,10 +63,10 @@ from learnedopt.optim.pretrained import PretrainedError, load_rule, resolve  # n
 PROBLEMS = ("sine-wide", "omniglot-mlp", "omniglot-conv")
 LEARNED = ("turtle", "metalstm", "metasgd")
 LEARNED_CLASS = {"turtle": TurtleOptimizer, "metalstm": LSTMOptimizer, "metasgd": MetaSGD}
-SGD_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+SGD_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 # Scales of the meta-learned update; 1 (as shipped) is always in it.
-LEARNED_LR_GRID = (0.1, 0.3, 1.0, 3.0)
+LEARNED_LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 DIVERGENCE_FACTOR = 1e3
 OMNIGLOT_WAYS, OMNIGLOT_TRAIN_PER_CLASS = 20, 15
 SINE_POINTS, SINE_AMPLITUDE = 100, (5.0, 10.0)
@@ -297,10 +297,13 @@ def cell(entry: dict[str, Any]) -> str:
     return f"{text} (lr {entry['lr']:g}{edge})"
 
 
+# Every row label in table order; a label keeps its colour in every panel of the plot.
+LABELS = (*LEARNED, *(f"{k} (lr tuned)" for k in LEARNED), "sgd (tuned)", "adam (tuned)")
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     problems = list(results["problems"])
-    order = [*LEARNED, *(f"{k} (lr tuned)" for k in LEARNED), "sgd (tuned)", "adam (tuned)"]
-    labels = [label for label in order
+    labels = [label for label in LABELS
               if any(label in results["problems"][p]["entries"] for p in problems)]
     lines = ["| optimizer | " + " | ".join(problems) + " |",
              "|---|" + "---|" * len(problems)]
@@ -319,6 +322,29 @@ def markdown_table(results: dict[str, Any]) -> str:
            for e in results["problems"][p]["entries"].values()):
         lines.append("\n† the tuning picked the smallest or largest lr of the grid: a wider grid "
                      "might do better.")
+    return "\n".join(lines)
+
+
+def heldout_table(results: dict[str, Any]) -> str:
+    """Held-out data after training, for context only: what the optimizers minimise is the
+    training loss. Omniglot: accuracy on the held-out drawings; sine: MSE on 100 fresh points."""
+    problems = list(results["problems"])
+    labels = [label for label in LABELS
+              if any(label in results["problems"][p]["entries"] for p in problems)]
+    lines = ["| optimizer | " + " | ".join(
+                 f"{p} ({'accuracy' if p.startswith('omniglot') else 'test MSE'})" for p in problems)
+             + " |", "|---|" + "---|" * len(problems)]
+    for label in labels:
+        cells = []
+        for p in problems:
+            summary = results["problems"][p]["entries"].get(label, {}).get("summary", {})
+            if "test_accuracy" in summary:
+                cells.append(f"{100 * summary['test_accuracy']['mean']:.1f} %")
+            elif "test_loss" in summary:
+                cells.append(_fmt(summary["test_loss"]["mean"]))
+            else:
+                cells.append("—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -369,9 +395,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
             style = "-" if e["optimizer"] in LEARNED else "--"
             bad = len(e["summary"]["diverged"])
             name = f"{label}, lr {e['lr']:g}" + (f", {bad} diverged" if bad else "")
-            line, = ax.plot(steps, curve["mean"], style, lw=1.6, label=name)
-            ax.fill_between(steps, curve["min"], curve["max"], color=line.get_color(), alpha=0.15,
-                            lw=0)
+            color = f"C{LABELS.index(label)}"
+            ax.plot(steps, curve["mean"], style, lw=1.6, color=color, label=name)
+            ax.fill_between(steps, curve["min"], curve["max"], color=color, alpha=0.15, lw=0)
         ax.set_yscale("log")
         ax.set_title(p)
         ax.set_xlabel("step")
@@ -597,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, Path(args.plot))
     print(f"## Final training loss after {args.steps} steps (mean ± std over {args.seeds} seeds)\n")
     print(markdown_table(results))
+    print(f"\n## Held-out data after {args.steps} steps (mean over non-diverged seeds; context only)\n")
+    print(heldout_table(results))
     print()
     print("\n".join(results["verdicts"].values()))
     print(f"\nwrote {out}" + (f" and {args.plot}" if args.plot else "") +

@@ -96,7 +96,8 @@ def test_runs_and_writes_complete_json(rules, omniglot_root, tmp_path, capsys):
         assert name in result["verdicts"][name] and "where the learned rules lose" in result["verdicts"][name]
     assert png.stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "| optimizer |" in printed and printed.count("where the learned rules lose") == 3
+    assert "| optimizer |" in printed and "Held-out" in printed
+    assert printed.count("where the learned rules lose") == 3
 
 
 def test_divergence_is_caught_and_reported(rules, omniglot_root, tmp_path):
