@@ -63,7 +63,7 @@ from learnedopt.optim.pretrained import PretrainedError, load_rule, resolve  # n
 PROBLEMS = ("sine-wide", "omniglot-mlp", "omniglot-conv")
 LEARNED = ("turtle", "metalstm", "metasgd")
 LEARNED_CLASS = {"turtle": TurtleOptimizer, "metalstm": LSTMOptimizer, "metasgd": MetaSGD}
-SGD_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+SGD_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 # Scales of the meta-learned update; 1 (as shipped) is always in it.
 LEARNED_LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
