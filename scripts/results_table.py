@@ -15,6 +15,14 @@ from pathlib import Path
 from learnedopt.evaluate import load_result
 
 
+def backend(line: str) -> str:
+    """'fused (cpu)' when every op ran its fused kernel, else the backend choice as recorded."""
+    if line.startswith("backend=reference"):
+        return "reference"
+    devices = set(re.findall(r"(?:preprocess|meta_lstm_step|turtle_step): ([a-z, ]+)", line))
+    return f"fused ({devices.pop()})" if len(devices) == 1 and "none" not in devices else line
+
+
 def row(result: dict) -> str:
     p = result["protocol"]
     scale, unit = (100.0, " %") if result["metric"] == "accuracy" else (1.0, "")
@@ -23,7 +31,7 @@ def row(result: dict) -> str:
     setting = (f"{p['ways']}-way {p['shots']}-shot" if p.get("ways") else f"{p['shots']}-shot")
     return (f"| {result['algorithm']} | {setting} | {result['metric']} {value} | {p['tasks']} | "
             f"{p.get('inner_steps_train')} / {p.get('inner_steps_test')} | "
-            f"{p.get('meta_gradient') or '—'} | {p.get('iterations')} | {result['backend'].split(';')[0]} |")
+            f"{p.get('meta_gradient') or '—'} | {p.get('iterations')} | {backend(result['backend'])} |")
 
 
 def table(results: list[dict]) -> str:

@@ -66,6 +66,15 @@ inline void check_turtle_args(const char* op, const at::Tensor& theta, const at:
               ": grad_clamp must be > 0 (inf for no clamp), got ", grad_clamp);
 }
 
+// The backward's extra inputs: the output gradients, shaped like theta.
+inline void check_turtle_output_grads(const char* op, const at::Tensor& d_theta_new,
+                                      const at::Tensor& d_m_new, const at::Tensor& theta) {
+  check_same(op, "grad_theta_new", d_theta_new, theta);
+  check_shape(op, "grad_theta_new", d_theta_new, theta.sizes());
+  check_same(op, "grad_m_new", d_m_new, theta);
+  check_shape(op, "grad_m_new", d_m_new, theta.sizes());
+}
+
 template <typename S>
 TurtleStep<S> make_turtle_step(int64_t t, double beta, double grad_clamp) {
   return TurtleStep<S>::make(beta, grad_clamp, std::isfinite(grad_clamp), t == 0);

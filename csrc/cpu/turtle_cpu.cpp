@@ -60,10 +60,7 @@ turtle_step_backward_cpu(const at::Tensor& d_theta_new, const at::Tensor& d_m_ne
                      double beta, double grad_clamp) {
   const char* op = "turtle_step_backward";
   check_turtle_args(op, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp);
-  check_same(op, "grad_theta_new", d_theta_new, theta);
-  check_shape(op, "grad_theta_new", d_theta_new, theta.sizes());
-  check_same(op, "grad_m_new", d_m_new, theta);
-  check_shape(op, "grad_m_new", d_m_new, theta.sizes());
+  check_turtle_output_grads(op, d_theta_new, d_m_new, theta);
   const at::Tensor dt_c = d_theta_new.contiguous(), dm_c = d_m_new.contiguous(),
                    grad_c = grad.contiguous(), m_c = m.contiguous(), alpha_c = alpha.contiguous();
   const PackedTurtleNet packed = pack_turtle_net(weights, biases, t);

@@ -57,10 +57,7 @@ turtle_step_backward_cuda(const at::Tensor& d_theta_new, const at::Tensor& d_m_n
                      double beta, double grad_clamp) {
   const char* op = "turtle_step_backward";
   check_turtle_args(op, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp);
-  check_same(op, "grad_theta_new", d_theta_new, theta);
-  check_shape(op, "grad_theta_new", d_theta_new, theta.sizes());
-  check_same(op, "grad_m_new", d_m_new, theta);
-  check_shape(op, "grad_m_new", d_m_new, theta.sizes());
+  check_turtle_output_grads(op, d_theta_new, d_m_new, theta);
   check_cuda(op, "theta", theta);
   const c10::cuda::CUDAGuard guard(theta.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
