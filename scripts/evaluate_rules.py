@@ -621,16 +621,40 @@ def main(argv: list[str] | None = None) -> int:
     write_json(results, out)
     if args.plot:
         plot(results, Path(args.plot))
-    print(f"## Final training loss after {args.steps} steps (mean ± std over {args.seeds} seeds)\n")
-    print(markdown_table(results))
-    print(f"\n## Held-out data after {args.steps} steps (mean over non-diverged seeds; context only)\n")
-    print(heldout_table(results))
-    print()
-    print("\n".join(results["verdicts"].values()))
+    print(report(results))
     print(f"\nwrote {out}" + (f" and {args.plot}" if args.plot else "") +
           f" in {results['seconds']:.0f} s")
     return 0
 
 
+def report(results: dict[str, Any]) -> str:
+    """The Markdown summary of a result JSON: final losses, held-out metrics, verdicts."""
+    steps, seeds = results["protocol"]["steps"], len(results["protocol"]["evaluation_seeds"])
+    return "\n".join([
+        f"Final training loss after {steps} steps (mean ± std over {seeds} seeds):\n",
+        markdown_table(results),
+        f"\nHeld-out data after {steps} steps (mean over non-diverged seeds; context only):\n",
+        heldout_table(results), "", "\n".join(results["verdicts"].values())])
+
+
+def render(json_path: str, readme: str | None) -> int:
+    """Print the summary of a committed result JSON and, with a README, write it between
+    `<!-- results:rules:start -->` and `<!-- results:rules:end -->` (generated, never typed)."""
+    import re
+    text = report(json.loads(Path(json_path).read_text()))
+    print(text)
+    if readme:
+        start, end = "<!-- results:rules:start -->", "<!-- results:rules:end -->"
+        body = Path(readme).read_text()
+        if start not in body or end not in body:
+            print(f"{readme} lacks the markers {start} / {end}", file=sys.stderr)
+            return 1
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+        Path(readme).write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", body))
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "render":
+        sys.exit(render(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))
     sys.exit(main())
