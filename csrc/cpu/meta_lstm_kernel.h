@@ -121,95 +121,240 @@ inline void store_rows(S* LO_RESTRICT x, int64_t j, int w, int H, const V* in) {
   }
 }
 
+// Layer 1's 4H gate pre-activations (the same sums, in the same order, as meta_lstm_gate), as a
+// mat-vec blocked over kRows rows: their independent accumulators hide the FMA latency, and each
+// h[m] is loaded once per block, the weights being broadcast from memory into the FMAs.
+template <int HC, int D, typename S, typename V>
+inline void gate_preactivations(const MetaLSTMParams<S>& P, const V* xg, const V* h, V* out) {
+  using In = MetaLSTMInput<D>;
+  const int H = HC > 0 ? HC : P.hidden;
+  constexpr int kRows = HC > 0 && HC % 2 == 0 ? 8 : 4;  // divides 4H
+  for (int r0 = 0; r0 < 4 * H; r0 += kRows) {
+    V acc[kRows];
+    LO_UNROLL
+    for (int q = 0; q < kRows; ++q) acc[q] = splat<V>(P.gate_bias[r0 + q]);
+    LO_UNROLL
+    for (int d = 0; d < In::grad_columns; ++d) {
+      LO_UNROLL
+      for (int q = 0; q < kRows; ++q) {
+        acc[q] += splat<V>(P.w_ih[(r0 + q) * D + In::first_grad_column + d]) * xg[d];
+      }
+    }
+    const S* w = P.w_hh + static_cast<int64_t>(r0) * H;
+    LO_UNROLL
+    for (int m = 0; m < H; ++m) {
+      const V hm = h[m];
+      LO_UNROLL
+      for (int q = 0; q < kRows; ++q) acc[q] += splat<V>(w[q * H + m]) * hm;
+    }
+    LO_UNROLL
+    for (int q = 0; q < kRows; ++q) out[r0 + q] = acc[q];
+  }
+}
+
+// What the forward of one group of coordinates computes and its backward reuses.
+template <int HC, int D, typename V>
+struct MetaLSTMStep {
+  static constexpr int kH = HiddenArray<HC>::size;
+  V xg[MetaLSTMInput<D>::grad_columns];
+  V gate[4 * kH];  // activations, rows i, f, g, o
+  V c_new[kH], tanh_c[kH], h_new[kH];
+  V f, i, sigmoid_f, sigmoid_i;
+};
+
+// meta_lstm_forward for one group, phase by phase over all units rather than unit by unit: each
+// phase is many independent chains (the gates' sums, then their sigmoids and tanhs, then the
+// cells), which the out-of-order core overlaps, where one unit at a time is one long dependent
+// chain of mat-vec, activation and cell.
+template <int HC, int D, typename S, typename V>
+inline void step_forward(const MetaLSTMParams<S>& P, V theta, V grad, const V* h, const V* c,
+                         V f_prev, V i_prev, MetaLSTMStep<HC, D, V>& st) {
+  const int H = HC > 0 ? HC : P.hidden;
+  meta_lstm_grad_input<D>(grad, P.pp, st.xg);
+  gate_preactivations<HC, D>(P, st.xg, h, st.gate);
+  LO_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    V* g = st.gate + q * H;
+    for (int k = 0; k < H; ++k) g[k] = meta_lstm_activate_gate(q, g[k]);
+  }
+  V f_sum = splat<V>(0), i_sum = splat<V>(0);
+  for (int k = 0; k < H; ++k) {
+    meta_lstm_cell(st.gate[k], st.gate[H + k], st.gate[2 * H + k], st.gate[3 * H + k], c[k],
+                   st.c_new[k], st.tanh_c[k], st.h_new[k]);
+    f_sum += splat<V>(P.w_f[k]) * st.h_new[k];
+    i_sum += splat<V>(P.w_i[k]) * st.h_new[k];
+  }
+  meta_lstm_layer2(P, H, f_sum, i_sum, theta, f_prev, i_prev, st.f, st.i);
+  st.sigmoid_f = sigmoid(st.f);
+  st.sigmoid_i = sigmoid(st.i);
+}
+
 template <int HC, int D, typename S, typename V, int W>
 void forward(const MetaLSTMForwardArgs<S>& a) {
   constexpr int kH = HiddenArray<HC>::size;
   const int H = a.params.hidden;
   for_each_chunk(a.n, kMetaLSTMChunk, [&](int64_t begin, int64_t end, int64_t) {
-    V h[kH], c[kH], h_new[kH], c_new[kH];
+    V h[kH], c[kH];
+    MetaLSTMStep<HC, D, V> st;
     for (int64_t j = begin; j < end; j += W) {
       const int w = end - j < W ? static_cast<int>(end - j) : W;
       load_rows<HC, S, V, W>(a.h, j, w, H, h);
       load_rows<HC, S, V, W>(a.c, j, w, H, c);
-      V theta_new, f, i;
-      meta_lstm_forward<HC, D>(a.params, load_lanes<S, V, W>(a.theta, j, w),
-                               load_lanes<S, V, W>(a.grad, j, w), h, c,
-                               load_lanes<S, V, W>(a.f_prev, j, w),
-                               load_lanes<S, V, W>(a.i_prev, j, w), theta_new, h_new, c_new, f, i);
-      store_lanes<S, V, W>(a.theta_new, j, w, theta_new);
-      store_lanes<S, V, W>(a.f, j, w, f);
-      store_lanes<S, V, W>(a.i, j, w, i);
-      store_rows<HC, S, V, W>(a.h_new, j, w, H, h_new);
-      store_rows<HC, S, V, W>(a.c_new, j, w, H, c_new);
+      const V theta = load_lanes<S, V, W>(a.theta, j, w), grad = load_lanes<S, V, W>(a.grad, j, w);
+      step_forward<HC, D>(a.params, theta, grad, h, c, load_lanes<S, V, W>(a.f_prev, j, w),
+                          load_lanes<S, V, W>(a.i_prev, j, w), st);
+      store_lanes<S, V, W>(a.theta_new, j, w, meta_lstm_update(st.sigmoid_f, st.sigmoid_i, theta, grad));
+      store_lanes<S, V, W>(a.f, j, w, st.f);
+      store_lanes<S, V, W>(a.i, j, w, st.i);
+      store_rows<HC, S, V, W>(a.h_new, j, w, H, st.h_new);
+      store_rows<HC, S, V, W>(a.c_new, j, w, H, st.c_new);
     }
   });
 }
 
-// Adds one group's products to the chunk's accumulators (packed layout).
-template <int HC, int D, typename V>
-inline void accumulate_weight_terms(V* LO_RESTRICT acc, const MetaLSTMPackedLayout& L, int H,
-                                    const MetaLSTMWeightTerms<HC, D, V>& t, const V* h, V theta,
-                                    V f_prev, V i_prev) {
-  constexpr int G = MetaLSTMInput<D>::grad_columns;
-  const int hs = HC > 0 ? HC : H;
-  for (int r = 0; r < 4 * hs; ++r) {
-    const V dr = t.d_gate[r];
-    V* row = acc + L.hh + static_cast<int64_t>(r) * hs;
+// The weight gradients are sums over coordinates of factor x input products (the packed layout
+// of meta_lstm_math.h). Each group's factors and inputs are staged for kStage groups, then added
+// to the chunk's accumulators as small outer-product GEMMs, blocked so that the partial sums of
+// a kBlockRows x kBlockCols tile stay in registers over the staged groups: each accumulator is
+// loaded and stored once per kStage groups instead of once per group.
+constexpr int kStage = 8;
+
+template <typename V>
+struct WeightStage {
+  V* factors;  // [factor][slot]: d_gate (4H), d_f, d_i
+  V* inputs;   // [input][slot]: h (H), xg (G), h_new (H), theta, f_prev, i_prev, 1
+};
+
+// out[r * stride + k] += sum over slots s < ns of F[r][s] X[k][s], for R x K tiles.
+template <int R, int K, typename V>
+inline void outer_tile(V* LO_RESTRICT out, int64_t stride, const V* F, const V* X, int ns) {
+  V acc[R][K];
+  LO_UNROLL
+  for (int r = 0; r < R; ++r) {
     LO_UNROLL
-    for (int m = 0; m < hs; ++m) row[m] += dr * h[m];
+    for (int k = 0; k < K; ++k) acc[r][k] = F[r * kStage] * X[k * kStage];
+  }
+  for (int s = 1; s < ns; ++s) {
     LO_UNROLL
-    for (int d = 0; d < G; ++d) acc[L.x + r * G + d] += dr * t.xg[d];
-    acc[L.bias + r] += dr;
+    for (int r = 0; r < R; ++r) {
+      const V f = F[r * kStage + s];
+      LO_UNROLL
+      for (int k = 0; k < K; ++k) acc[r][k] += f * X[k * kStage + s];
+    }
   }
   LO_UNROLL
-  for (int k = 0; k < hs; ++k) {
-    acc[L.wf + k] += t.d_f * t.h_new[k];
-    acc[L.wi + k] += t.d_i * t.h_new[k];
+  for (int r = 0; r < R; ++r) {
+    LO_UNROLL
+    for (int k = 0; k < K; ++k) out[r * stride + k] += acc[r][k];
   }
-  acc[L.wf + hs] += t.d_f * theta;
-  acc[L.wf + hs + 1] += t.d_f * f_prev;
-  acc[L.wf + hs + 2] += t.d_f;
-  acc[L.wi + hs] += t.d_i * theta;
-  acc[L.wi + hs + 1] += t.d_i * i_prev;
-  acc[L.wi + hs + 2] += t.d_i;
+}
+
+// The rows x cols rectangle of factors f0.. times inputs x0.. into out (row stride `stride`).
+template <typename V>
+inline void outer_rect(V* out, int64_t stride, const WeightStage<V>& st, int f0, int rows, int x0,
+                       int cols, int ns) {
+  constexpr int kBlockRows = 4, kBlockCols = 5;
+  const V* F = st.factors + static_cast<int64_t>(f0) * kStage;
+  const V* X = st.inputs + static_cast<int64_t>(x0) * kStage;
+  int r = 0;
+  for (; r + kBlockRows <= rows; r += kBlockRows) {
+    int k = 0;
+    for (; k + kBlockCols <= cols; k += kBlockCols) {
+      outer_tile<kBlockRows, kBlockCols>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
+    }
+    for (; k < cols; ++k) outer_tile<kBlockRows, 1>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
+  }
+  for (; r < rows; ++r) {
+    for (int k = 0; k < cols; ++k) outer_tile<1, 1>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
+  }
+}
+
+// Adds the ns staged groups' products to the chunk's accumulators (packed layout).
+template <int D, typename V>
+inline void flush_weight_terms(V* acc, const MetaLSTMPackedLayout& L, int H, const WeightStage<V>& st, int ns) {
+  constexpr int G = MetaLSTMInput<D>::grad_columns;
+  const int R = 4 * H, x_h = 0, x_xg = H, x_h_new = H + G, x_theta = 2 * H + G, x_one = x_theta + 3;
+  outer_rect(acc + L.hh, H, st, 0, R, x_h, H, ns);
+  outer_rect(acc + L.x, G, st, 0, R, x_xg, G, ns);
+  outer_rect(acc + L.bias, 1, st, 0, R, x_one, 1, ns);
+  for (int layer2 = 0; layer2 < 2; ++layer2) {  // d_f · [h_new, theta, f_prev, 1], d_i · [..., i_prev, 1]
+    V* out = acc + (layer2 == 0 ? L.wf : L.wi);
+    const int f = R + layer2;
+    outer_rect(out, 1, st, f, 1, x_h_new, H + 1, ns);  // h_new, theta
+    outer_rect(out + H + 1, 1, st, f, 1, x_theta + 1 + layer2, 1, ns);
+    outer_rect(out + H + 2, 1, st, f, 1, x_one, 1, ns);
+  }
 }
 
 template <int HC, int D, typename S, typename V, int W>
 void backward(const MetaLSTMBackwardArgs<S>& a) {
-  constexpr int kH = HiddenArray<HC>::size;
   const int H = a.params.hidden;
+  const MetaLSTMParams<S>& P = a.params;
   const MetaLSTMPackedLayout L = meta_lstm_packed_layout<D>(H);
+  const int n_factors = meta_lstm_factor_count(H), n_inputs = meta_lstm_input_count<D>(H);
   for_each_chunk(a.n, kMetaLSTMChunk, [&](int64_t begin, int64_t end, int64_t chunk) {
+    constexpr int kH = HiddenArray<HC>::size;
+    constexpr int G = MetaLSTMInput<D>::grad_columns;
     // Float lanes sum at most kMetaLSTMChunk / W terms each; the lanes and the chunks are then
     // added in double, in a fixed order.
-    std::unique_ptr<V[]> acc(new V[L.size]);
+    std::unique_ptr<V[]> buffer(new V[L.size + static_cast<int64_t>(n_factors + n_inputs) * kStage]);
+    V* acc = buffer.get();
     for (int64_t p = 0; p < L.size; ++p) acc[p] = splat<V>(0);
+    const WeightStage<V> stage{acc + L.size, acc + L.size + n_factors * kStage};
+    int ns = 0;
     V h[kH], c[kH], g_h_new[kH], g_c_new[kH], d_h[kH], d_c[kH];
-    MetaLSTMWeightTerms<HC, D, V> terms;
+    MetaLSTMStep<HC, D, V> st;
     for (int64_t j = begin; j < end; j += W) {
       const int w = end - j < W ? static_cast<int>(end - j) : W;
       load_rows<HC, S, V, W>(a.h, j, w, H, h);
       load_rows<HC, S, V, W>(a.c, j, w, H, c);
       load_rows<HC, S, V, W>(a.g_h_new, j, w, H, g_h_new);
       load_rows<HC, S, V, W>(a.g_c_new, j, w, H, g_c_new);
-      const V theta = load_lanes<S, V, W>(a.theta, j, w);
+      const V theta = load_lanes<S, V, W>(a.theta, j, w), grad = load_lanes<S, V, W>(a.grad, j, w);
       const V f_prev = load_lanes<S, V, W>(a.f_prev, j, w);
       const V i_prev = load_lanes<S, V, W>(a.i_prev, j, w);
-      V d_theta, d_grad, d_f_prev, d_i_prev;
-      meta_lstm_backward<HC, D>(a.params, theta, load_lanes<S, V, W>(a.grad, j, w), h, c, f_prev,
-                                i_prev, load_lanes<S, V, W>(a.g_theta_new, j, w), g_h_new, g_c_new,
+      step_forward<HC, D>(P, theta, grad, h, c, f_prev, i_prev, st);
+
+      V d_f, d_i, d_theta, d_f_prev, d_i_prev;
+      meta_lstm_layer2_backward(P, H, theta, grad, st.sigmoid_f, st.sigmoid_i,
+                                load_lanes<S, V, W>(a.g_theta_new, j, w),
                                 load_lanes<S, V, W>(a.g_f, j, w), load_lanes<S, V, W>(a.g_i, j, w),
-                                d_theta, d_grad, d_h, d_c, d_f_prev, d_i_prev, terms);
+                                d_f, d_i, d_theta, d_f_prev, d_i_prev);
+      // The factors go straight into the stage: d_gate[r] at factors[r][ns].
+      V* F = stage.factors + ns;
+      for (int k = 0; k < H; ++k) {
+        const V d_h_new = g_h_new[k] + d_f * splat<V>(P.w_f[k]) + d_i * splat<V>(P.w_i[k]);
+        meta_lstm_cell_backward(d_h_new, g_c_new[k], st.gate[k], st.gate[H + k], st.gate[2 * H + k],
+                                st.gate[3 * H + k], c[k], st.tanh_c[k], d_c[k], F[k * kStage],
+                                F[(H + k) * kStage], F[(2 * H + k) * kStage], F[(3 * H + k) * kStage]);
+      }
+      F[4 * H * kStage] = d_f;
+      F[(4 * H + 1) * kStage] = d_i;
+      V d_gate[4 * kH];
+      for (int r = 0; r < 4 * H; ++r) d_gate[r] = F[r * kStage];
+      V d_xg[G];
+      meta_lstm_gates_backward<HC, D>(P, d_gate, d_h, d_xg);
+      const V d_grad = meta_lstm_grad_backward<D>(P.pp, grad, load_lanes<S, V, W>(a.g_theta_new, j, w),
+                                                  st.sigmoid_i, d_xg);
       if (w < W) {
         // Padding lanes saw zero inputs, so their terms are finite; zeroing the factors keeps
         // them out of the sums.
-        for (int l = w; l < W; ++l) {
-          for (int r = 0; r < 4 * H; ++r) lane<S>(terms.d_gate[r], l) = 0;
-          lane<S>(terms.d_f, l) = 0;
-          lane<S>(terms.d_i, l) = 0;
+        for (int r = 0; r < n_factors; ++r) {
+          for (int l = w; l < W; ++l) lane<S>(F[r * kStage], l) = 0;
         }
       }
-      accumulate_weight_terms<HC, D>(acc.get(), L, H, terms, h, theta, f_prev, i_prev);
+      V* X = stage.inputs + ns;
+      for (int m = 0; m < H; ++m) X[m * kStage] = h[m];
+      for (int d = 0; d < G; ++d) X[(H + d) * kStage] = st.xg[d];
+      for (int k = 0; k < H; ++k) X[(H + G + k) * kStage] = st.h_new[k];
+      X[(2 * H + G) * kStage] = theta;
+      X[(2 * H + G + 1) * kStage] = f_prev;
+      X[(2 * H + G + 2) * kStage] = i_prev;
+      X[(2 * H + G + 3) * kStage] = splat<V>(1);
+      if (++ns == kStage) {
+        flush_weight_terms<D>(acc, L, H, stage, ns);
+        ns = 0;
+      }
       store_lanes<S, V, W>(a.d_theta, j, w, d_theta);
       store_lanes<S, V, W>(a.d_grad, j, w, d_grad);
       store_lanes<S, V, W>(a.d_f_prev, j, w, d_f_prev);
@@ -217,6 +362,7 @@ void backward(const MetaLSTMBackwardArgs<S>& a) {
       store_rows<HC, S, V, W>(a.d_h, j, w, H, d_h);
       store_rows<HC, S, V, W>(a.d_c, j, w, H, d_c);
     }
+    if (ns > 0) flush_weight_terms<D>(acc, L, H, stage, ns);
     double* out = a.partials + chunk * L.size;
     for (int64_t p = 0; p < L.size; ++p) {
       double s = 0;
