@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "common/meta_lstm_math.h"
 #include "cpu/parallel.h"
@@ -82,23 +83,116 @@ inline void store_lanes(S* x, int64_t j, int w, V v) {
   }
 }
 
-// ... and of an (n, H) matrix, transposed so that out[m] holds column m of the W rows. The
-// transposition goes through a lane-major buffer with plain loops of fixed trip counts, which the
-// compiler turns into gathers/shuffles; element-wise lane inserts into a vector register do not.
+// The in-register transposes below: lanes of a and b exchanged in blocks of `half` lanes (the
+// off-diagonal blocks of the 2x2 block matrix [a; b] swap places).
+template <int half, typename V, std::size_t... L>
+inline void swap_blocks(V& a, V& b, std::index_sequence<L...>) {
+  constexpr int W = sizeof...(L);
+  const V lo = __builtin_shufflevector(a, b, ((L & half) == 0 ? L : W + L - half)...);
+  const V hi = __builtin_shufflevector(a, b, ((L & half) == 0 ? L + half : W + L)...);
+  a = lo;
+  b = hi;
+}
+
+// Transposes the T x T blocks that lie along lanes [qT, qT + T) of v[0..T), for every q: the
+// recursive block transpose, log2(T) rounds of lane-block swaps between vector pairs (Half is the
+// round's block size). With T = W, the W x W transpose.
+template <int T, int W, int Half = T / 2, typename V>
+inline void transpose_blocks(V* v) {
+  static_assert(T > 0 && (T & (T - 1)) == 0 && W % T == 0, "T: a power of two dividing W");
+  if constexpr (Half > 0) {
+    LO_UNROLL
+    for (int base = 0; base < T; base += 2 * Half) {
+      LO_UNROLL
+      for (int i = base; i < base + Half; ++i) swap_blocks<Half>(v[i], v[i + Half], std::make_index_sequence<W>{});
+    }
+    transpose_blocks<T, W, Half / 2>(v);
+  }
+}
+
+// A GCC vector of N values of S.
+template <int N, typename S>
+struct VecOf {
+  typedef S type __attribute__((vector_size(N * sizeof(S))));
+};
+
+template <typename A, std::size_t... L>
+inline auto shuffle(A a, A b, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, b, L...);
+}
+
+template <std::size_t Offset, typename A, std::size_t... L>
+inline auto slice(A a, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, a, (Offset + L)...);
+}
+
+// N values in blocks of T, block q at p + q * stride: concatenated from T-value vector loads.
+// (Scalar stores into a buffer read back as one vector would stall on store forwarding.)
+template <int T, int N, typename S>
+inline typename VecOf<N, S>::type load_blocks(const S* p, int64_t stride) {
+  if constexpr (N == T) {
+    typename VecOf<N, S>::type r;
+    std::memcpy(&r, p, sizeof(r));
+    return r;
+  } else {
+    const auto lo = load_blocks<T, N / 2>(p, stride);
+    const auto hi = load_blocks<T, N / 2>(p + (N / 2 / T) * stride, stride);
+    return shuffle(lo, hi, std::make_index_sequence<N>{});
+  }
+}
+
+template <int T, int N, typename S>
+inline void store_blocks(S* p, int64_t stride, typename VecOf<N, S>::type v) {
+  if constexpr (N == T) {
+    std::memcpy(p, &v, sizeof(v));
+  } else {
+    store_blocks<T, N / 2>(p, stride, slice<0>(v, std::make_index_sequence<N / 2>{}));
+    store_blocks<T, N / 2>(p + (N / 2 / T) * stride, stride, slice<N / 2>(v, std::make_index_sequence<N / 2>{}));
+  }
+}
+
+// Whether W rows of HC values transpose in registers: whole W x W blocks plus a tail of T columns,
+// T a power of two dividing W (20 = 16 + 4 = 2 x 8 + 4 = 5 x 4).
+template <int HC, int W>
+constexpr bool kRegisterTranspose =
+    HC > 0 && W > 1 && W <= 16 && (HC % W == 0 || (W % (HC % W) == 0 && ((HC % W) & (HC % W - 1)) == 0));
+
+// ... and of an (n, H) matrix, transposed so that out[m] holds column m of the W rows. The W rows
+// are one contiguous block. In registers when kRegisterTranspose (full groups of the fixed hidden
+// size): W x W blocks are loaded row by row and transposed; the T-column tail is loaded as W/T
+// rows' T values per vector, which the last log2(T) rounds put in place. Otherwise through a
+// lane-major buffer with plain loops.
 template <int HC, typename S, typename V, int W>
 inline void load_rows(const S* LO_RESTRICT x, int64_t j, int w, int H, V* out) {
   constexpr int kH = HiddenArray<HC>::size;
   const int h = HC > 0 ? HC : H;
   const S* row = x + j * h;
+  if constexpr (kRegisterTranspose<HC, W>) {
+    if (w == W) {
+      constexpr int kFull = HC / W * W, T = HC - kFull;
+      LO_UNROLL
+      for (int m0 = 0; m0 < kFull; m0 += W) {
+        V v[W];
+        LO_UNROLL
+        for (int l = 0; l < W; ++l) std::memcpy(&v[l], row + l * HC + m0, sizeof(V));
+        transpose_blocks<W, W>(v);
+        LO_UNROLL
+        for (int m = 0; m < W; ++m) out[m0 + m] = v[m];
+      }
+      if constexpr (T > 0) {
+        V v[T];  // vector i, block q: row qT + i's tail
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) v[i] = load_blocks<T, W>(row + i * HC + kFull, T * HC);
+        transpose_blocks<T, W>(v);
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) out[kFull + i] = v[i];
+      }
+      return;
+    }
+  }
   alignas(64) S buf[kH * W];
-  if (w == W && HC > 0) {
-    for (int m = 0; m < kH; ++m) {
-      for (int l = 0; l < W; ++l) buf[m * W + l] = row[l * kH + m];
-    }
-  } else {
-    for (int m = 0; m < h; ++m) {
-      for (int l = 0; l < W; ++l) buf[m * W + l] = l < w ? row[l * h + m] : S(0);
-    }
+  for (int m = 0; m < h; ++m) {
+    for (int l = 0; l < W; ++l) buf[m * W + l] = l < w ? row[l * h + m] : S(0);
   }
   for (int m = 0; m < h; ++m) std::memcpy(&out[m], buf + m * W, sizeof(V));
 }
@@ -108,17 +202,48 @@ inline void store_rows(S* LO_RESTRICT x, int64_t j, int w, int H, const V* in) {
   constexpr int kH = HiddenArray<HC>::size;
   const int h = HC > 0 ? HC : H;
   S* row = x + j * h;
-  alignas(64) S buf[kH * W];
-  for (int m = 0; m < h; ++m) std::memcpy(buf + m * W, &in[m], sizeof(V));
-  if (w == W && HC > 0) {
-    for (int l = 0; l < W; ++l) {
-      for (int m = 0; m < kH; ++m) row[l * kH + m] = buf[m * W + l];
-    }
-  } else {
-    for (int l = 0; l < w; ++l) {
-      for (int m = 0; m < h; ++m) row[l * h + m] = buf[m * W + l];
+  if constexpr (kRegisterTranspose<HC, W>) {
+    if (w == W) {
+      constexpr int kFull = HC / W * W, T = HC - kFull;
+      LO_UNROLL
+      for (int m0 = 0; m0 < kFull; m0 += W) {
+        V v[W];
+        LO_UNROLL
+        for (int m = 0; m < W; ++m) v[m] = in[m0 + m];
+        transpose_blocks<W, W>(v);
+        LO_UNROLL
+        for (int l = 0; l < W; ++l) std::memcpy(row + l * HC + m0, &v[l], sizeof(V));
+      }
+      if constexpr (T > 0) {
+        V v[T];
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) v[i] = in[kFull + i];
+        transpose_blocks<T, W>(v);
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) store_blocks<T, W, S>(row + i * HC + kFull, T * HC, v[i]);
+      }
+      return;
     }
   }
+  alignas(64) S buf[kH * W];
+  for (int m = 0; m < h; ++m) std::memcpy(buf + m * W, &in[m], sizeof(V));
+  for (int l = 0; l < w; ++l) {
+    for (int m = 0; m < h; ++m) row[l * h + m] = buf[m * W + l];
+  }
+}
+
+// Asks for the (n, H) rows of the group kPrefetchGroups ahead of j: each group's rows are one
+// contiguous block, and the time a group takes covers a memory round trip, so the next blocks
+// arrive before the transposes need them.
+constexpr int kPrefetchGroups = 2;
+
+template <typename S>
+inline void prefetch_rows(const S* x, int64_t j, int64_t end, int W, int H) {
+  const int64_t ahead = j + kPrefetchGroups * W;
+  if (ahead >= end) return;
+  const char* p = reinterpret_cast<const char*>(x + ahead * H);
+  const int64_t bytes = static_cast<int64_t>(W) * H * sizeof(S);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
 }
 
 // Layer 1's 4H gate pre-activations (the same sums, in the same order, as meta_lstm_gate), as a
@@ -198,6 +323,8 @@ void forward(const MetaLSTMForwardArgs<S>& a) {
     MetaLSTMStep<HC, D, V> st;
     for (int64_t j = begin; j < end; j += W) {
       const int w = end - j < W ? static_cast<int>(end - j) : W;
+      prefetch_rows(a.h, j, end, W, H);
+      prefetch_rows(a.c, j, end, W, H);
       load_rows<HC, S, V, W>(a.h, j, w, H, h);
       load_rows<HC, S, V, W>(a.c, j, w, H, c);
       const V theta = load_lanes<S, V, W>(a.theta, j, w), grad = load_lanes<S, V, W>(a.grad, j, w);
@@ -306,6 +433,10 @@ void backward(const MetaLSTMBackwardArgs<S>& a) {
     MetaLSTMStep<HC, D, V> st;
     for (int64_t j = begin; j < end; j += W) {
       const int w = end - j < W ? static_cast<int>(end - j) : W;
+      prefetch_rows(a.h, j, end, W, H);
+      prefetch_rows(a.c, j, end, W, H);
+      prefetch_rows(a.g_h_new, j, end, W, H);
+      prefetch_rows(a.g_c_new, j, end, W, H);
       load_rows<HC, S, V, W>(a.h, j, w, H, h);
       load_rows<HC, S, V, W>(a.c, j, w, H, c);
       load_rows<HC, S, V, W>(a.g_h_new, j, w, H, g_h_new);
