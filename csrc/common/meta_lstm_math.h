@@ -102,18 +102,76 @@ LO_HD V meta_lstm_gate(int r, const MetaLSTMParams<S>& P, const V* xg, const V* 
   return a;
 }
 
+// Gate q of a unit (rows ordered i, f, g, o) from its pre-activation: the cell input g goes
+// through tanh, the three others through the sigmoid.
+template <typename V>
+LO_HD V meta_lstm_activate_gate(int q, V a) {
+  return q == 2 ? lo::tanh(a) : sigmoid(a);
+}
+
+// A layer-1 cell from its four gate activations: the new cell and hidden values.
+template <typename V>
+LO_HD void meta_lstm_cell(V gate_i, V gate_f, V gate_g, V gate_o, V c, V& c_new, V& tanh_c_new,
+                          V& h_new) {
+  c_new = gate_f * c + gate_i * gate_g;
+  tanh_c_new = lo::tanh(c_new);
+  h_new = gate_o * tanh_c_new;
+}
+
 // Layer-1 cell for hidden unit k: the four gate activations, the new cell and hidden values.
 template <int HC, int D, typename V, typename S>
 LO_HD void meta_lstm_unit(int k, const MetaLSTMParams<S>& P, const V* xg, const V* h, V c,
                           V& gate_i, V& gate_f, V& gate_g, V& gate_o, V& c_new, V& tanh_c_new, V& h_new) {
   const int H = HC > 0 ? HC : P.hidden;
-  gate_i = sigmoid(meta_lstm_gate<HC, D>(k, P, xg, h));
-  gate_f = sigmoid(meta_lstm_gate<HC, D>(H + k, P, xg, h));
-  gate_g = lo::tanh(meta_lstm_gate<HC, D>(2 * H + k, P, xg, h));
-  gate_o = sigmoid(meta_lstm_gate<HC, D>(3 * H + k, P, xg, h));
-  c_new = gate_f * c + gate_i * gate_g;
-  tanh_c_new = lo::tanh(c_new);
-  h_new = gate_o * tanh_c_new;
+  gate_i = meta_lstm_activate_gate(0, meta_lstm_gate<HC, D>(k, P, xg, h));
+  gate_f = meta_lstm_activate_gate(1, meta_lstm_gate<HC, D>(H + k, P, xg, h));
+  gate_g = meta_lstm_activate_gate(2, meta_lstm_gate<HC, D>(2 * H + k, P, xg, h));
+  gate_o = meta_lstm_activate_gate(3, meta_lstm_gate<HC, D>(3 * H + k, P, xg, h));
+  meta_lstm_cell(gate_i, gate_f, gate_g, gate_o, c, c_new, tanh_c_new, h_new);
+}
+
+// Layer 2's pre-activations f and i from f_sum = w_f[:H] · h_new and i_sum = w_i[:H] · h_new.
+template <typename V, typename S>
+LO_HD void meta_lstm_layer2(const MetaLSTMParams<S>& P, int H, V f_sum, V i_sum, V theta, V f_prev,
+                            V i_prev, V& f, V& i) {
+  f = f_sum + splat<V>(P.w_f[H]) * theta + splat<V>(P.w_f[H + 1]) * f_prev + splat<V>(P.b_f[0]);
+  i = i_sum + splat<V>(P.w_i[H]) * theta + splat<V>(P.w_i[H + 1]) * i_prev + splat<V>(P.b_i[0]);
+}
+
+// The update itself, from the layer-2 gates σ(f) and σ(i).
+template <typename V>
+LO_HD V meta_lstm_update(V sigmoid_f, V sigmoid_i, V theta, V grad) {
+  return sigmoid_f * theta - sigmoid_i * grad;
+}
+
+// Reverse of layer 2 (theta_new = σ(f) theta - σ(i) grad, with the outputs f and i themselves
+// also differentiated): d_f and d_i, the gradients of f and i's pre-activation sums, and the
+// layer-2 parts of theta's, f_prev's and i_prev's gradients.
+template <typename V, typename S>
+LO_HD void meta_lstm_layer2_backward(const MetaLSTMParams<S>& P, int H, V theta, V grad, V sf, V si,
+                                     V g_theta_new, V g_f, V g_i, V& d_f, V& d_i, V& d_theta,
+                                     V& d_f_prev, V& d_i_prev) {
+  const V one = splat<V>(1);
+  d_f = g_f + g_theta_new * theta * sf * (one - sf);
+  d_i = g_i - g_theta_new * grad * si * (one - si);
+  d_theta = g_theta_new * sf + d_f * splat<V>(P.w_f[H]) + d_i * splat<V>(P.w_i[H]);
+  d_f_prev = d_f * splat<V>(P.w_f[H + 1]);
+  d_i_prev = d_i * splat<V>(P.w_i[H + 1]);
+}
+
+// Reverse of unit k's cell (h_new = o tanh(c_new), c_new = f c + i g), given the gradients that
+// reach h_new (from outside and through layer 2) and c_new: the gradient of c and of the four
+// gate pre-activations.
+template <typename V>
+LO_HD void meta_lstm_cell_backward(V d_h_new, V g_c_new, V gate_i, V gate_f, V gate_g, V gate_o,
+                                   V c, V tanh_c, V& d_c, V& d_a_i, V& d_a_f, V& d_a_g, V& d_a_o) {
+  const V one = splat<V>(1);
+  const V d_c_new = g_c_new + d_h_new * gate_o * (one - tanh_c * tanh_c);
+  d_c = d_c_new * gate_f;
+  d_a_i = d_c_new * gate_g * gate_i * (one - gate_i);
+  d_a_f = d_c_new * c * gate_f * (one - gate_f);
+  d_a_g = d_c_new * gate_i * (one - gate_g * gate_g);
+  d_a_o = d_h_new * tanh_c * gate_o * (one - gate_o);
 }
 
 // Forward: (theta, grad, h, c, f_prev, i_prev) -> (theta_new, h_new, c_new, f, i), f and i before
@@ -132,9 +190,8 @@ LO_HD void meta_lstm_forward(const MetaLSTMParams<S>& P, V theta, V grad, const 
     f_acc += splat<V>(P.w_f[k]) * h_new[k];
     i_acc += splat<V>(P.w_i[k]) * h_new[k];
   }
-  f = f_acc + splat<V>(P.w_f[H]) * theta + splat<V>(P.w_f[H + 1]) * f_prev + splat<V>(P.b_f[0]);
-  i = i_acc + splat<V>(P.w_i[H]) * theta + splat<V>(P.w_i[H + 1]) * i_prev + splat<V>(P.b_i[0]);
-  theta_new = sigmoid(f) * theta - sigmoid(i) * grad;
+  meta_lstm_layer2(P, H, f_acc, i_acc, theta, f_prev, i_prev, f, i);
+  theta_new = meta_lstm_update(sigmoid(f), sigmoid(i), theta, grad);
 }
 
 // What one coordinate contributes to the weight gradients: every weight gradient is a sum over
@@ -149,6 +206,43 @@ struct MetaLSTMWeightTerms {
   V h_new[kH];
 };
 
+// Through the gate pre-activations back to layer 1's inputs: d_h = w_hh^T d_gate, and d_xg for
+// the per-coordinate inputs xg (w_ih's gradient columns, transposed, times d_gate).
+template <int HC, int D, typename V, typename S>
+LO_HD void meta_lstm_gates_backward(const MetaLSTMParams<S>& P, const V* d_gate, V* d_h, V* d_xg) {
+  using In = MetaLSTMInput<D>;
+  constexpr int kH = HiddenArray<HC>::size;
+  const int H = HC > 0 ? HC : P.hidden;
+  V d_h_acc[kH];  // local, so that it can live in registers across the loop over rows
+  LO_UNROLL
+  for (int m = 0; m < H; ++m) d_h_acc[m] = splat<V>(0);
+  V d_xg_acc[In::grad_columns];
+  LO_UNROLL
+  for (int d = 0; d < In::grad_columns; ++d) d_xg_acc[d] = splat<V>(0);
+  LO_UNROLL_OUTER
+  for (int r = 0; r < 4 * H; ++r) {
+    const V dr = d_gate[r];
+    const S* w = P.w_hh + static_cast<int64_t>(r) * H;
+    LO_UNROLL
+    for (int m = 0; m < H; ++m) d_h_acc[m] += dr * splat<V>(w[m]);
+    LO_UNROLL
+    for (int d = 0; d < In::grad_columns; ++d) d_xg_acc[d] += dr * splat<V>(P.w_ih[r * D + In::first_grad_column + d]);
+  }
+  LO_UNROLL
+  for (int m = 0; m < H; ++m) d_h[m] = d_h_acc[m];
+  LO_UNROLL
+  for (int d = 0; d < In::grad_columns; ++d) d_xg[d] = d_xg_acc[d];
+}
+
+// d loss / d grad: the direct path (theta_new = ... - σ(i) grad) plus the one through xg.
+template <int D, typename V, typename S>
+LO_HD V meta_lstm_grad_backward(const PreprocessParams<S>& pp, V grad, V g_theta_new, V si,
+                                const V* d_xg) {
+  const V d_grad_direct = -(g_theta_new * si);
+  if (D == 4) return d_grad_direct + preprocess_backward(grad, d_xg[0], d_xg[1], pp);
+  return d_grad_direct + d_xg[0];
+}
+
 // Backward of meta_lstm_forward, recomputing its internals from the inputs. Takes the output
 // gradients (g_*), returns the per-coordinate input gradients (d_*) and fills `terms`.
 template <int HC, int D, typename V, typename S>
@@ -159,7 +253,6 @@ LO_HD void meta_lstm_backward(const MetaLSTMParams<S>& P, V theta, V grad, const
   using In = MetaLSTMInput<D>;
   constexpr int kH = HiddenArray<HC>::size;
   const int H = HC > 0 ? HC : P.hidden;
-  const V one = splat<V>(1);
 
   // Recompute the forward pass, keeping what the reverse pass needs.
   V gate_i[kH], gate_f[kH], gate_g[kH], gate_o[kH], tanh_c[kH];
@@ -173,55 +266,26 @@ LO_HD void meta_lstm_backward(const MetaLSTMParams<S>& P, V theta, V grad, const
     f += splat<V>(P.w_f[k]) * terms.h_new[k];
     i += splat<V>(P.w_i[k]) * terms.h_new[k];
   }
-  f += splat<V>(P.w_f[H]) * theta + splat<V>(P.w_f[H + 1]) * f_prev + splat<V>(P.b_f[0]);
-  i += splat<V>(P.w_i[H]) * theta + splat<V>(P.w_i[H + 1]) * i_prev + splat<V>(P.b_i[0]);
+  meta_lstm_layer2(P, H, f, i, theta, f_prev, i_prev, f, i);
   const V sf = sigmoid(f), si = sigmoid(i);
 
-  // Layer 2: theta_new = σ(f) theta - σ(i) grad.
-  const V d_f = g_f + g_theta_new * theta * sf * (one - sf);
-  const V d_i = g_i - g_theta_new * grad * si * (one - si);
+  V d_f, d_i;
+  meta_lstm_layer2_backward(P, H, theta, grad, sf, si, g_theta_new, g_f, g_i, d_f, d_i, d_theta,
+                            d_f_prev, d_i_prev);
   terms.d_f = d_f;
   terms.d_i = d_i;
-  d_theta = g_theta_new * sf + d_f * splat<V>(P.w_f[H]) + d_i * splat<V>(P.w_i[H]);
-  d_f_prev = d_f * splat<V>(P.w_f[H + 1]);
-  d_i_prev = d_i * splat<V>(P.w_i[H + 1]);
 
-  // Layer 1, unit by unit: h_new = o tanh(c_new), c_new = f c + i g.
   LO_UNROLL_OUTER
   for (int k = 0; k < H; ++k) {
     const V d_h_new = g_h_new[k] + d_f * splat<V>(P.w_f[k]) + d_i * splat<V>(P.w_i[k]);
-    const V d_c_new = g_c_new[k] + d_h_new * gate_o[k] * (one - tanh_c[k] * tanh_c[k]);
-    d_c[k] = d_c_new * gate_f[k];
-    terms.d_gate[k] = d_c_new * gate_g[k] * gate_i[k] * (one - gate_i[k]);
-    terms.d_gate[H + k] = d_c_new * c[k] * gate_f[k] * (one - gate_f[k]);
-    terms.d_gate[2 * H + k] = d_c_new * gate_i[k] * (one - gate_g[k] * gate_g[k]);
-    terms.d_gate[3 * H + k] = d_h_new * tanh_c[k] * gate_o[k] * (one - gate_o[k]);
+    meta_lstm_cell_backward(d_h_new, g_c_new[k], gate_i[k], gate_f[k], gate_g[k], gate_o[k], c[k],
+                            tanh_c[k], d_c[k], terms.d_gate[k], terms.d_gate[H + k],
+                            terms.d_gate[2 * H + k], terms.d_gate[3 * H + k]);
   }
 
-  // Through the gate pre-activations to h and to the gradient input.
-  V d_h_acc[kH];  // local, so that it can live in registers across the loop over rows
-  LO_UNROLL
-  for (int m = 0; m < H; ++m) d_h_acc[m] = splat<V>(0);
   V d_xg[In::grad_columns];
-  LO_UNROLL
-  for (int d = 0; d < In::grad_columns; ++d) d_xg[d] = splat<V>(0);
-  LO_UNROLL_OUTER
-  for (int r = 0; r < 4 * H; ++r) {
-    const V dr = terms.d_gate[r];
-    const S* w = P.w_hh + static_cast<int64_t>(r) * H;
-    LO_UNROLL
-    for (int m = 0; m < H; ++m) d_h_acc[m] += dr * splat<V>(w[m]);
-    LO_UNROLL
-    for (int d = 0; d < In::grad_columns; ++d) d_xg[d] += dr * splat<V>(P.w_ih[r * D + In::first_grad_column + d]);
-  }
-  LO_UNROLL
-  for (int m = 0; m < H; ++m) d_h[m] = d_h_acc[m];
-  const V d_grad_direct = -(g_theta_new * si);
-  if (D == 4) {
-    d_grad = d_grad_direct + preprocess_backward(grad, d_xg[0], d_xg[1], P.pp);
-  } else {
-    d_grad = d_grad_direct + d_xg[0];
-  }
+  meta_lstm_gates_backward<HC, D>(P, terms.d_gate, d_h, d_xg);
+  d_grad = meta_lstm_grad_backward<D>(P.pp, grad, g_theta_new, si, d_xg);
 }
 
 // The packed vector of weight-gradient sums, one entry per (factor, input) product; the CPU and

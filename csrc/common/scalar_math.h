@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <utility>
 
 #include "common/macros.h"
 
@@ -17,18 +18,25 @@ struct ScalarOf {
   static constexpr int lanes = 1;
 };
 
+namespace detail {
+template <typename V, typename T, std::size_t... L>
+LO_HD V splat_lanes(T s, std::index_sequence<L...>) {
+  return V{((void)L, s)...};
+}
+}  // namespace detail
+
 // A constant of the value type V: a scalar, or the same number in every SIMD lane. A plain
-// conversion or lane-wise broadcast: `V{} + s` would cost an add per use, which IEEE rules
-// (0 + -0 = +0) forbid the compiler to drop.
+// conversion or a vector built from W copies: `V{} + s` would cost an add per use, which IEEE
+// rules (0 + -0 = +0) forbid the compiler to drop, and a loop of lane stores gets SLP-vectorised
+// by GCC into one masked broadcast per lane once inlined into the kernels, while an initialiser of
+// identical elements always becomes one broadcast (or a broadcast memory operand of an FMA).
 template <typename V, typename S>
 LO_HD V splat(S s) {
   using T = typename ScalarOf<V>::type;
   if constexpr (ScalarOf<V>::lanes == 1) {
     return static_cast<V>(s);
   } else {
-    V v;
-    for (int l = 0; l < ScalarOf<V>::lanes; ++l) v[l] = static_cast<T>(s);
-    return v;
+    return detail::splat_lanes<V>(static_cast<T>(s), std::make_index_sequence<ScalarOf<V>::lanes>{});
   }
 }
 

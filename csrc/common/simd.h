@@ -100,18 +100,56 @@ LO_SIMD_INLINE V vlog(V x) {
   return r;
 }
 
+// e^x for x in [-86, 88], the range the sigmoid and tanh below clamp to: vexp's polynomial with
+// the cheaper steps that range allows. n = round(x / ln 2) by the 1.5 * 2^23 trick, which leaves n
+// in t's low mantissa bits; the scaling by 2^n is an integer add to the exponent field, exact while
+// the result stays normal (down to 2^-124 here).
+template <typename V>
+LO_SIMD_INLINE V vexp_in_range(V x) {
+  using IV = typename Lanes<V>::itype;
+  const V t = x * 1.44269504088896341f + 12582912.0f;
+  const V n = t - 12582912.0f;
+  V r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const V z = r * r;
+  V y = 1.9875691500E-4f * r + 1.3981999507E-3f;
+  y = y * r + 8.3334519073E-3f;
+  y = y * r + 4.1665795894E-2f;
+  y = y * r + 1.6666665459E-1f;
+  y = y * r + 5.0000001201E-1f;
+  y = y * z + r + 1.0f;
+  return (V)((IV)y + ((IV)t << 23));
+}
+
+// 1 / (1 + e^-x). Clamping -x to [-86, 88] changes nothing visible: beyond -86 the sum rounds to
+// 1, beyond 88 the result is below 1e-38 (and stays finite rather than 0). NaN stays NaN: the
+// clamps are written as the compare-and-pick that x86 min/max implement with NaN passing through.
+template <typename V>
+LO_SIMD_INLINE V vsigmoid(V x) {
+  const V lo = V{} - 86.0f, hi = V{} + 88.0f;
+  V u = -x;
+  u = lo > u ? lo : u;
+  u = hi < u ? hi : u;
+  return 1.0f / (1.0f + vexp_in_range(u));
+}
+
 template <typename V>
 LO_SIMD_INLINE V vtanh(V x) {
-  V ax = x < 0.0f ? -x : x;
-  // Small |x|: odd polynomial (relative accuracy near 0); large: 1 - 2 / (e^{2|x|} + 1).
-  V z = x * x;
+  using IV = typename Lanes<V>::itype;
+  const IV sign = (IV)x & (IV{} + static_cast<int32_t>(0x80000000u));
+  const V ax = (V)((IV)x ^ sign);
+  // Small |x|: odd polynomial (relative accuracy near 0); large: 1 - 2 / (e^{2|x|} + 1), with
+  // 2|x| clamped to 88, where the result is 1 in float.
+  const V z = x * x;
   V p = -5.70498872745E-3f * z + 2.06390887954E-2f;
   p = p * z - 5.37397155531E-2f;
   p = p * z + 1.33314422036E-1f;
   p = p * z - 3.33332819422E-1f;
-  V small = p * z * x + x;
-  V big = 1.0f - 2.0f / (vexp(ax + ax) + 1.0f);
-  big = x < 0.0f ? -big : big;
+  const V small = p * z * x + x;
+  V u = ax + ax;
+  const V hi = V{} + 88.0f;
+  u = hi < u ? hi : u;
+  const V big = (V)((IV)(1.0f - 2.0f / (vexp_in_range(u) + 1.0f)) | sign);
   return ax < 0.625f ? small : big;
 }
 
@@ -128,7 +166,7 @@ struct ScalarOf<simd::f32x16> { using type = float; static constexpr int lanes =
   LO_SIMD_INLINE V exp(V x) { return simd::vexp(x); }                                        \
   LO_SIMD_INLINE V log(V x) { return simd::vlog(x); }                                        \
   LO_SIMD_INLINE V tanh(V x) { return simd::vtanh(x); }                                      \
-  LO_SIMD_INLINE V sigmoid(V x) { return 1.0f / (1.0f + simd::vexp(-x)); }                   \
+  LO_SIMD_INLINE V sigmoid(V x) { return simd::vsigmoid(x); }                   \
   LO_SIMD_INLINE V abs(V x) { return x < 0.0f ? -x : x; }
 
 LO_SIMD_MATH(simd::f32x4)

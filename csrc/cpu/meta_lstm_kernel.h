@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "common/meta_lstm_math.h"
 #include "cpu/parallel.h"
@@ -82,23 +83,116 @@ inline void store_lanes(S* x, int64_t j, int w, V v) {
   }
 }
 
-// ... and of an (n, H) matrix, transposed so that out[m] holds column m of the W rows. The
-// transposition goes through a lane-major buffer with plain loops of fixed trip counts, which the
-// compiler turns into gathers/shuffles; element-wise lane inserts into a vector register do not.
+// The in-register transposes below: lanes of a and b exchanged in blocks of `half` lanes (the
+// off-diagonal blocks of the 2x2 block matrix [a; b] swap places).
+template <int half, typename V, std::size_t... L>
+inline void swap_blocks(V& a, V& b, std::index_sequence<L...>) {
+  constexpr int W = sizeof...(L);
+  const V lo = __builtin_shufflevector(a, b, ((L & half) == 0 ? L : W + L - half)...);
+  const V hi = __builtin_shufflevector(a, b, ((L & half) == 0 ? L + half : W + L)...);
+  a = lo;
+  b = hi;
+}
+
+// Transposes the T x T blocks that lie along lanes [qT, qT + T) of v[0..T), for every q: the
+// recursive block transpose, log2(T) rounds of lane-block swaps between vector pairs (Half is the
+// round's block size). With T = W, the W x W transpose.
+template <int T, int W, int Half = T / 2, typename V>
+inline void transpose_blocks(V* v) {
+  static_assert(T > 0 && (T & (T - 1)) == 0 && W % T == 0, "T: a power of two dividing W");
+  if constexpr (Half > 0) {
+    LO_UNROLL
+    for (int base = 0; base < T; base += 2 * Half) {
+      LO_UNROLL
+      for (int i = base; i < base + Half; ++i) swap_blocks<Half>(v[i], v[i + Half], std::make_index_sequence<W>{});
+    }
+    transpose_blocks<T, W, Half / 2>(v);
+  }
+}
+
+// A GCC vector of N values of S.
+template <int N, typename S>
+struct VecOf {
+  typedef S type __attribute__((vector_size(N * sizeof(S))));
+};
+
+template <typename A, std::size_t... L>
+inline auto shuffle(A a, A b, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, b, L...);
+}
+
+template <std::size_t Offset, typename A, std::size_t... L>
+inline auto slice(A a, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, a, (Offset + L)...);
+}
+
+// N values in blocks of T, block q at p + q * stride: concatenated from T-value vector loads.
+// (Scalar stores into a buffer read back as one vector would stall on store forwarding.)
+template <int T, int N, typename S>
+inline typename VecOf<N, S>::type load_blocks(const S* p, int64_t stride) {
+  if constexpr (N == T) {
+    typename VecOf<N, S>::type r;
+    std::memcpy(&r, p, sizeof(r));
+    return r;
+  } else {
+    const auto lo = load_blocks<T, N / 2>(p, stride);
+    const auto hi = load_blocks<T, N / 2>(p + (N / 2 / T) * stride, stride);
+    return shuffle(lo, hi, std::make_index_sequence<N>{});
+  }
+}
+
+template <int T, int N, typename S>
+inline void store_blocks(S* p, int64_t stride, typename VecOf<N, S>::type v) {
+  if constexpr (N == T) {
+    std::memcpy(p, &v, sizeof(v));
+  } else {
+    store_blocks<T, N / 2>(p, stride, slice<0>(v, std::make_index_sequence<N / 2>{}));
+    store_blocks<T, N / 2>(p + (N / 2 / T) * stride, stride, slice<N / 2>(v, std::make_index_sequence<N / 2>{}));
+  }
+}
+
+// Whether W rows of HC values transpose in registers: whole W x W blocks plus a tail of T columns,
+// T a power of two dividing W (20 = 16 + 4 = 2 x 8 + 4 = 5 x 4).
+template <int HC, int W>
+constexpr bool kRegisterTranspose =
+    HC > 0 && W > 1 && W <= 16 && (HC % W == 0 || (W % (HC % W) == 0 && ((HC % W) & (HC % W - 1)) == 0));
+
+// ... and of an (n, H) matrix, transposed so that out[m] holds column m of the W rows. The W rows
+// are one contiguous block. In registers when kRegisterTranspose (full groups of the fixed hidden
+// size): W x W blocks are loaded row by row and transposed; the T-column tail is loaded as W/T
+// rows' T values per vector, which the last log2(T) rounds put in place. Otherwise through a
+// lane-major buffer with plain loops.
 template <int HC, typename S, typename V, int W>
 inline void load_rows(const S* LO_RESTRICT x, int64_t j, int w, int H, V* out) {
   constexpr int kH = HiddenArray<HC>::size;
   const int h = HC > 0 ? HC : H;
   const S* row = x + j * h;
+  if constexpr (kRegisterTranspose<HC, W>) {
+    if (w == W) {
+      constexpr int kFull = HC / W * W, T = HC - kFull;
+      LO_UNROLL
+      for (int m0 = 0; m0 < kFull; m0 += W) {
+        V v[W];
+        LO_UNROLL
+        for (int l = 0; l < W; ++l) std::memcpy(&v[l], row + l * HC + m0, sizeof(V));
+        transpose_blocks<W, W>(v);
+        LO_UNROLL
+        for (int m = 0; m < W; ++m) out[m0 + m] = v[m];
+      }
+      if constexpr (T > 0) {
+        V v[T];  // vector i, block q: row qT + i's tail
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) v[i] = load_blocks<T, W>(row + i * HC + kFull, T * HC);
+        transpose_blocks<T, W>(v);
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) out[kFull + i] = v[i];
+      }
+      return;
+    }
+  }
   alignas(64) S buf[kH * W];
-  if (w == W && HC > 0) {
-    for (int m = 0; m < kH; ++m) {
-      for (int l = 0; l < W; ++l) buf[m * W + l] = row[l * kH + m];
-    }
-  } else {
-    for (int m = 0; m < h; ++m) {
-      for (int l = 0; l < W; ++l) buf[m * W + l] = l < w ? row[l * h + m] : S(0);
-    }
+  for (int m = 0; m < h; ++m) {
+    for (int l = 0; l < W; ++l) buf[m * W + l] = l < w ? row[l * h + m] : S(0);
   }
   for (int m = 0; m < h; ++m) std::memcpy(&out[m], buf + m * W, sizeof(V));
 }
@@ -108,17 +202,116 @@ inline void store_rows(S* LO_RESTRICT x, int64_t j, int w, int H, const V* in) {
   constexpr int kH = HiddenArray<HC>::size;
   const int h = HC > 0 ? HC : H;
   S* row = x + j * h;
-  alignas(64) S buf[kH * W];
-  for (int m = 0; m < h; ++m) std::memcpy(buf + m * W, &in[m], sizeof(V));
-  if (w == W && HC > 0) {
-    for (int l = 0; l < W; ++l) {
-      for (int m = 0; m < kH; ++m) row[l * kH + m] = buf[m * W + l];
-    }
-  } else {
-    for (int l = 0; l < w; ++l) {
-      for (int m = 0; m < h; ++m) row[l * h + m] = buf[m * W + l];
+  if constexpr (kRegisterTranspose<HC, W>) {
+    if (w == W) {
+      constexpr int kFull = HC / W * W, T = HC - kFull;
+      LO_UNROLL
+      for (int m0 = 0; m0 < kFull; m0 += W) {
+        V v[W];
+        LO_UNROLL
+        for (int m = 0; m < W; ++m) v[m] = in[m0 + m];
+        transpose_blocks<W, W>(v);
+        LO_UNROLL
+        for (int l = 0; l < W; ++l) std::memcpy(row + l * HC + m0, &v[l], sizeof(V));
+      }
+      if constexpr (T > 0) {
+        V v[T];
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) v[i] = in[kFull + i];
+        transpose_blocks<T, W>(v);
+        LO_UNROLL
+        for (int i = 0; i < T; ++i) store_blocks<T, W, S>(row + i * HC + kFull, T * HC, v[i]);
+      }
+      return;
     }
   }
+  alignas(64) S buf[kH * W];
+  for (int m = 0; m < h; ++m) std::memcpy(buf + m * W, &in[m], sizeof(V));
+  for (int l = 0; l < w; ++l) {
+    for (int m = 0; m < h; ++m) row[l * h + m] = buf[m * W + l];
+  }
+}
+
+// Asks for the (n, H) rows of the group kPrefetchGroups ahead of j: each group's rows are one
+// contiguous block, and the time a group takes covers a memory round trip, so the next blocks
+// arrive before the transposes need them.
+constexpr int kPrefetchGroups = 2;
+
+template <typename S>
+inline void prefetch_rows(const S* x, int64_t j, int64_t end, int W, int H) {
+  const int64_t ahead = j + kPrefetchGroups * W;
+  if (ahead >= end) return;
+  const char* p = reinterpret_cast<const char*>(x + ahead * H);
+  const int64_t bytes = static_cast<int64_t>(W) * H * sizeof(S);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+}
+
+// Layer 1's 4H gate pre-activations (the same sums, in the same order, as meta_lstm_gate), as a
+// mat-vec blocked over kRows rows: their independent accumulators hide the FMA latency, and each
+// h[m] is loaded once per block, the weights being broadcast from memory into the FMAs.
+template <int HC, int D, typename S, typename V>
+inline void gate_preactivations(const MetaLSTMParams<S>& P, const V* xg, const V* h, V* out) {
+  using In = MetaLSTMInput<D>;
+  const int H = HC > 0 ? HC : P.hidden;
+  constexpr int kRows = HC > 0 && HC % 2 == 0 ? 8 : 4;  // divides 4H
+  for (int r0 = 0; r0 < 4 * H; r0 += kRows) {
+    V acc[kRows];
+    LO_UNROLL
+    for (int q = 0; q < kRows; ++q) acc[q] = splat<V>(P.gate_bias[r0 + q]);
+    LO_UNROLL
+    for (int d = 0; d < In::grad_columns; ++d) {
+      LO_UNROLL
+      for (int q = 0; q < kRows; ++q) {
+        acc[q] += splat<V>(P.w_ih[(r0 + q) * D + In::first_grad_column + d]) * xg[d];
+      }
+    }
+    const S* w = P.w_hh + static_cast<int64_t>(r0) * H;
+    LO_UNROLL
+    for (int m = 0; m < H; ++m) {
+      const V hm = h[m];
+      LO_UNROLL
+      for (int q = 0; q < kRows; ++q) acc[q] += splat<V>(w[q * H + m]) * hm;
+    }
+    LO_UNROLL
+    for (int q = 0; q < kRows; ++q) out[r0 + q] = acc[q];
+  }
+}
+
+// What the forward of one group of coordinates computes and its backward reuses.
+template <int HC, int D, typename V>
+struct MetaLSTMStep {
+  static constexpr int kH = HiddenArray<HC>::size;
+  V xg[MetaLSTMInput<D>::grad_columns];
+  V gate[4 * kH];  // activations, rows i, f, g, o
+  V c_new[kH], tanh_c[kH], h_new[kH];
+  V f, i, sigmoid_f, sigmoid_i;
+};
+
+// meta_lstm_forward for one group, phase by phase over all units rather than unit by unit: each
+// phase is many independent chains (the gates' sums, then their sigmoids and tanhs, then the
+// cells), which the out-of-order core overlaps, where one unit at a time is one long dependent
+// chain of mat-vec, activation and cell.
+template <int HC, int D, typename S, typename V>
+inline void step_forward(const MetaLSTMParams<S>& P, V theta, V grad, const V* h, const V* c,
+                         V f_prev, V i_prev, MetaLSTMStep<HC, D, V>& st) {
+  const int H = HC > 0 ? HC : P.hidden;
+  meta_lstm_grad_input<D>(grad, P.pp, st.xg);
+  gate_preactivations<HC, D>(P, st.xg, h, st.gate);
+  LO_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    V* g = st.gate + q * H;
+    for (int k = 0; k < H; ++k) g[k] = meta_lstm_activate_gate(q, g[k]);
+  }
+  V f_sum = splat<V>(0), i_sum = splat<V>(0);
+  for (int k = 0; k < H; ++k) {
+    meta_lstm_cell(st.gate[k], st.gate[H + k], st.gate[2 * H + k], st.gate[3 * H + k], c[k],
+                   st.c_new[k], st.tanh_c[k], st.h_new[k]);
+    f_sum += splat<V>(P.w_f[k]) * st.h_new[k];
+    i_sum += splat<V>(P.w_i[k]) * st.h_new[k];
+  }
+  meta_lstm_layer2(P, H, f_sum, i_sum, theta, f_prev, i_prev, st.f, st.i);
+  st.sigmoid_f = sigmoid(st.f);
+  st.sigmoid_i = sigmoid(st.i);
 }
 
 template <int HC, int D, typename S, typename V, int W>
@@ -126,90 +319,173 @@ void forward(const MetaLSTMForwardArgs<S>& a) {
   constexpr int kH = HiddenArray<HC>::size;
   const int H = a.params.hidden;
   for_each_chunk(a.n, kMetaLSTMChunk, [&](int64_t begin, int64_t end, int64_t) {
-    V h[kH], c[kH], h_new[kH], c_new[kH];
+    V h[kH], c[kH];
+    MetaLSTMStep<HC, D, V> st;
     for (int64_t j = begin; j < end; j += W) {
       const int w = end - j < W ? static_cast<int>(end - j) : W;
+      prefetch_rows(a.h, j, end, W, H);
+      prefetch_rows(a.c, j, end, W, H);
       load_rows<HC, S, V, W>(a.h, j, w, H, h);
       load_rows<HC, S, V, W>(a.c, j, w, H, c);
-      V theta_new, f, i;
-      meta_lstm_forward<HC, D>(a.params, load_lanes<S, V, W>(a.theta, j, w),
-                               load_lanes<S, V, W>(a.grad, j, w), h, c,
-                               load_lanes<S, V, W>(a.f_prev, j, w),
-                               load_lanes<S, V, W>(a.i_prev, j, w), theta_new, h_new, c_new, f, i);
-      store_lanes<S, V, W>(a.theta_new, j, w, theta_new);
-      store_lanes<S, V, W>(a.f, j, w, f);
-      store_lanes<S, V, W>(a.i, j, w, i);
-      store_rows<HC, S, V, W>(a.h_new, j, w, H, h_new);
-      store_rows<HC, S, V, W>(a.c_new, j, w, H, c_new);
+      const V theta = load_lanes<S, V, W>(a.theta, j, w), grad = load_lanes<S, V, W>(a.grad, j, w);
+      step_forward<HC, D>(a.params, theta, grad, h, c, load_lanes<S, V, W>(a.f_prev, j, w),
+                          load_lanes<S, V, W>(a.i_prev, j, w), st);
+      store_lanes<S, V, W>(a.theta_new, j, w, meta_lstm_update(st.sigmoid_f, st.sigmoid_i, theta, grad));
+      store_lanes<S, V, W>(a.f, j, w, st.f);
+      store_lanes<S, V, W>(a.i, j, w, st.i);
+      store_rows<HC, S, V, W>(a.h_new, j, w, H, st.h_new);
+      store_rows<HC, S, V, W>(a.c_new, j, w, H, st.c_new);
     }
   });
 }
 
-// Adds one group's products to the chunk's accumulators (packed layout).
-template <int HC, int D, typename V>
-inline void accumulate_weight_terms(V* LO_RESTRICT acc, const MetaLSTMPackedLayout& L, int H,
-                                    const MetaLSTMWeightTerms<HC, D, V>& t, const V* h, V theta,
-                                    V f_prev, V i_prev) {
-  constexpr int G = MetaLSTMInput<D>::grad_columns;
-  const int hs = HC > 0 ? HC : H;
-  for (int r = 0; r < 4 * hs; ++r) {
-    const V dr = t.d_gate[r];
-    V* row = acc + L.hh + static_cast<int64_t>(r) * hs;
+// The weight gradients are sums over coordinates of factor x input products (the packed layout
+// of meta_lstm_math.h). Each group's factors and inputs are staged for kStage groups, then added
+// to the chunk's accumulators as small outer-product GEMMs, blocked so that the partial sums of
+// a kBlockRows x kBlockCols tile stay in registers over the staged groups: each accumulator is
+// loaded and stored once per kStage groups instead of once per group.
+constexpr int kStage = 8;
+
+template <typename V>
+struct WeightStage {
+  V* factors;  // [factor][slot]: d_gate (4H), d_f, d_i
+  V* inputs;   // [input][slot]: h (H), xg (G), h_new (H), theta, f_prev, i_prev, 1
+};
+
+// out[r * stride + k] += sum over slots s < ns of F[r][s] X[k][s], for R x K tiles.
+template <int R, int K, typename V>
+inline void outer_tile(V* LO_RESTRICT out, int64_t stride, const V* F, const V* X, int ns) {
+  V acc[R][K];
+  LO_UNROLL
+  for (int r = 0; r < R; ++r) {
     LO_UNROLL
-    for (int m = 0; m < hs; ++m) row[m] += dr * h[m];
+    for (int k = 0; k < K; ++k) acc[r][k] = F[r * kStage] * X[k * kStage];
+  }
+  for (int s = 1; s < ns; ++s) {
     LO_UNROLL
-    for (int d = 0; d < G; ++d) acc[L.x + r * G + d] += dr * t.xg[d];
-    acc[L.bias + r] += dr;
+    for (int r = 0; r < R; ++r) {
+      const V f = F[r * kStage + s];
+      LO_UNROLL
+      for (int k = 0; k < K; ++k) acc[r][k] += f * X[k * kStage + s];
+    }
   }
   LO_UNROLL
-  for (int k = 0; k < hs; ++k) {
-    acc[L.wf + k] += t.d_f * t.h_new[k];
-    acc[L.wi + k] += t.d_i * t.h_new[k];
+  for (int r = 0; r < R; ++r) {
+    LO_UNROLL
+    for (int k = 0; k < K; ++k) out[r * stride + k] += acc[r][k];
   }
-  acc[L.wf + hs] += t.d_f * theta;
-  acc[L.wf + hs + 1] += t.d_f * f_prev;
-  acc[L.wf + hs + 2] += t.d_f;
-  acc[L.wi + hs] += t.d_i * theta;
-  acc[L.wi + hs + 1] += t.d_i * i_prev;
-  acc[L.wi + hs + 2] += t.d_i;
+}
+
+// The rows x cols rectangle of factors f0.. times inputs x0.. into out (row stride `stride`).
+template <typename V>
+inline void outer_rect(V* out, int64_t stride, const WeightStage<V>& st, int f0, int rows, int x0,
+                       int cols, int ns) {
+  constexpr int kBlockRows = 4, kBlockCols = 5;
+  const V* F = st.factors + static_cast<int64_t>(f0) * kStage;
+  const V* X = st.inputs + static_cast<int64_t>(x0) * kStage;
+  int r = 0;
+  for (; r + kBlockRows <= rows; r += kBlockRows) {
+    int k = 0;
+    for (; k + kBlockCols <= cols; k += kBlockCols) {
+      outer_tile<kBlockRows, kBlockCols>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
+    }
+    for (; k < cols; ++k) outer_tile<kBlockRows, 1>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
+  }
+  for (; r < rows; ++r) {
+    for (int k = 0; k < cols; ++k) outer_tile<1, 1>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
+  }
+}
+
+// Adds the ns staged groups' products to the chunk's accumulators (packed layout).
+template <int D, typename V>
+inline void flush_weight_terms(V* acc, const MetaLSTMPackedLayout& L, int H, const WeightStage<V>& st, int ns) {
+  constexpr int G = MetaLSTMInput<D>::grad_columns;
+  const int R = 4 * H, x_h = 0, x_xg = H, x_h_new = H + G, x_theta = 2 * H + G, x_one = x_theta + 3;
+  outer_rect(acc + L.hh, H, st, 0, R, x_h, H, ns);
+  outer_rect(acc + L.x, G, st, 0, R, x_xg, G, ns);
+  outer_rect(acc + L.bias, 1, st, 0, R, x_one, 1, ns);
+  for (int layer2 = 0; layer2 < 2; ++layer2) {  // d_f · [h_new, theta, f_prev, 1], d_i · [..., i_prev, 1]
+    V* out = acc + (layer2 == 0 ? L.wf : L.wi);
+    const int f = R + layer2;
+    outer_rect(out, 1, st, f, 1, x_h_new, H + 1, ns);  // h_new, theta
+    outer_rect(out + H + 1, 1, st, f, 1, x_theta + 1 + layer2, 1, ns);
+    outer_rect(out + H + 2, 1, st, f, 1, x_one, 1, ns);
+  }
 }
 
 template <int HC, int D, typename S, typename V, int W>
 void backward(const MetaLSTMBackwardArgs<S>& a) {
-  constexpr int kH = HiddenArray<HC>::size;
   const int H = a.params.hidden;
+  const MetaLSTMParams<S>& P = a.params;
   const MetaLSTMPackedLayout L = meta_lstm_packed_layout<D>(H);
+  const int n_factors = meta_lstm_factor_count(H), n_inputs = meta_lstm_input_count<D>(H);
   for_each_chunk(a.n, kMetaLSTMChunk, [&](int64_t begin, int64_t end, int64_t chunk) {
+    constexpr int kH = HiddenArray<HC>::size;
+    constexpr int G = MetaLSTMInput<D>::grad_columns;
     // Float lanes sum at most kMetaLSTMChunk / W terms each; the lanes and the chunks are then
     // added in double, in a fixed order.
-    std::unique_ptr<V[]> acc(new V[L.size]);
+    std::unique_ptr<V[]> buffer(new V[L.size + static_cast<int64_t>(n_factors + n_inputs) * kStage]);
+    V* acc = buffer.get();
     for (int64_t p = 0; p < L.size; ++p) acc[p] = splat<V>(0);
+    const WeightStage<V> stage{acc + L.size, acc + L.size + n_factors * kStage};
+    int ns = 0;
     V h[kH], c[kH], g_h_new[kH], g_c_new[kH], d_h[kH], d_c[kH];
-    MetaLSTMWeightTerms<HC, D, V> terms;
+    MetaLSTMStep<HC, D, V> st;
     for (int64_t j = begin; j < end; j += W) {
       const int w = end - j < W ? static_cast<int>(end - j) : W;
+      prefetch_rows(a.h, j, end, W, H);
+      prefetch_rows(a.c, j, end, W, H);
+      prefetch_rows(a.g_h_new, j, end, W, H);
+      prefetch_rows(a.g_c_new, j, end, W, H);
       load_rows<HC, S, V, W>(a.h, j, w, H, h);
       load_rows<HC, S, V, W>(a.c, j, w, H, c);
       load_rows<HC, S, V, W>(a.g_h_new, j, w, H, g_h_new);
       load_rows<HC, S, V, W>(a.g_c_new, j, w, H, g_c_new);
-      const V theta = load_lanes<S, V, W>(a.theta, j, w);
+      const V theta = load_lanes<S, V, W>(a.theta, j, w), grad = load_lanes<S, V, W>(a.grad, j, w);
       const V f_prev = load_lanes<S, V, W>(a.f_prev, j, w);
       const V i_prev = load_lanes<S, V, W>(a.i_prev, j, w);
-      V d_theta, d_grad, d_f_prev, d_i_prev;
-      meta_lstm_backward<HC, D>(a.params, theta, load_lanes<S, V, W>(a.grad, j, w), h, c, f_prev,
-                                i_prev, load_lanes<S, V, W>(a.g_theta_new, j, w), g_h_new, g_c_new,
+      step_forward<HC, D>(P, theta, grad, h, c, f_prev, i_prev, st);
+
+      V d_f, d_i, d_theta, d_f_prev, d_i_prev;
+      meta_lstm_layer2_backward(P, H, theta, grad, st.sigmoid_f, st.sigmoid_i,
+                                load_lanes<S, V, W>(a.g_theta_new, j, w),
                                 load_lanes<S, V, W>(a.g_f, j, w), load_lanes<S, V, W>(a.g_i, j, w),
-                                d_theta, d_grad, d_h, d_c, d_f_prev, d_i_prev, terms);
+                                d_f, d_i, d_theta, d_f_prev, d_i_prev);
+      // The factors go straight into the stage: d_gate[r] at factors[r][ns].
+      V* F = stage.factors + ns;
+      for (int k = 0; k < H; ++k) {
+        const V d_h_new = g_h_new[k] + d_f * splat<V>(P.w_f[k]) + d_i * splat<V>(P.w_i[k]);
+        meta_lstm_cell_backward(d_h_new, g_c_new[k], st.gate[k], st.gate[H + k], st.gate[2 * H + k],
+                                st.gate[3 * H + k], c[k], st.tanh_c[k], d_c[k], F[k * kStage],
+                                F[(H + k) * kStage], F[(2 * H + k) * kStage], F[(3 * H + k) * kStage]);
+      }
+      F[4 * H * kStage] = d_f;
+      F[(4 * H + 1) * kStage] = d_i;
+      V d_gate[4 * kH];
+      for (int r = 0; r < 4 * H; ++r) d_gate[r] = F[r * kStage];
+      V d_xg[G];
+      meta_lstm_gates_backward<HC, D>(P, d_gate, d_h, d_xg);
+      const V d_grad = meta_lstm_grad_backward<D>(P.pp, grad, load_lanes<S, V, W>(a.g_theta_new, j, w),
+                                                  st.sigmoid_i, d_xg);
       if (w < W) {
         // Padding lanes saw zero inputs, so their terms are finite; zeroing the factors keeps
         // them out of the sums.
-        for (int l = w; l < W; ++l) {
-          for (int r = 0; r < 4 * H; ++r) lane<S>(terms.d_gate[r], l) = 0;
-          lane<S>(terms.d_f, l) = 0;
-          lane<S>(terms.d_i, l) = 0;
+        for (int r = 0; r < n_factors; ++r) {
+          for (int l = w; l < W; ++l) lane<S>(F[r * kStage], l) = 0;
         }
       }
-      accumulate_weight_terms<HC, D>(acc.get(), L, H, terms, h, theta, f_prev, i_prev);
+      V* X = stage.inputs + ns;
+      for (int m = 0; m < H; ++m) X[m * kStage] = h[m];
+      for (int d = 0; d < G; ++d) X[(H + d) * kStage] = st.xg[d];
+      for (int k = 0; k < H; ++k) X[(H + G + k) * kStage] = st.h_new[k];
+      X[(2 * H + G) * kStage] = theta;
+      X[(2 * H + G + 1) * kStage] = f_prev;
+      X[(2 * H + G + 2) * kStage] = i_prev;
+      X[(2 * H + G + 3) * kStage] = splat<V>(1);
+      if (++ns == kStage) {
+        flush_weight_terms<D>(acc, L, H, stage, ns);
+        ns = 0;
+      }
       store_lanes<S, V, W>(a.d_theta, j, w, d_theta);
       store_lanes<S, V, W>(a.d_grad, j, w, d_grad);
       store_lanes<S, V, W>(a.d_f_prev, j, w, d_f_prev);
@@ -217,6 +493,7 @@ void backward(const MetaLSTMBackwardArgs<S>& a) {
       store_rows<HC, S, V, W>(a.d_h, j, w, H, d_h);
       store_rows<HC, S, V, W>(a.d_c, j, w, H, d_c);
     }
+    if (ns > 0) flush_weight_terms<D>(acc, L, H, stage, ns);
     double* out = a.partials + chunk * L.size;
     for (int64_t p = 0; p < L.size; ++p) {
       double s = 0;
