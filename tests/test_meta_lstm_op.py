@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ import torch
 from learnedopt import ops, reference
 from learnedopt.ops import _backend
 from learnedopt.ops.meta_lstm import INPUT_NAMES
+from tests.conftest import cpu_capability
 
 CPU_FUSED = _backend.available("cpu", "meta_lstm_step")
 CUDA_FUSED = torch.cuda.is_available() and _backend.available("cuda", "meta_lstm_step")
@@ -43,19 +42,6 @@ def output_grads(outputs, seed=1):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.rand(o.shape, generator=gen, dtype=torch.float64) * 2 - 1).to(o)
             for o in outputs]
-
-
-@contextlib.contextmanager
-def cpu_capability(name):
-    old = os.environ.get("LEARNEDOPT_CPU_CAPABILITY")
-    os.environ["LEARNEDOPT_CPU_CAPABILITY"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["LEARNEDOPT_CPU_CAPABILITY"]
-        else:
-            os.environ["LEARNEDOPT_CPU_CAPABILITY"] = old
 
 
 def run(backend, inputs, grads_out=None):
