@@ -119,8 +119,10 @@ def tiny_registry(monkeypatch):
     real_build, real_learner = experiment.build_algorithm, experiment.build_learner
     real_default, real_check = experiment.default_learner_spec, experiment.check_algorithm_name
 
-    def build_algorithm(name, learner, options):
-        return TinyMetaSGD(learner, **options) if name == "tiny" else real_build(name, learner, options)
+    def build_algorithm(name, learner, options, sampler=None):
+        if name == "tiny":
+            return TinyMetaSGD(learner, **options)
+        return real_build(name, learner, options, sampler)
 
     def build_learner(spec):
         return spec if spec.get("name") == "tiny-mlp" else real_learner(spec)
