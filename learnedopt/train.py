@@ -116,8 +116,11 @@ class _Trainer:
         learner = experiment.build_learner(self.learner_spec)
         self.algorithm = experiment.build_algorithm(config.algorithm, learner, config.options,
                                                     self.sampler).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.algorithm.parameters() if p.requires_grad], lr=self.algorithm.outer_lr)
+        trainable = [p for p in self.algorithm.parameters() if p.requires_grad]
+        # TrainFromScratch has nothing to meta-train: its run only records the (constant) loss and
+        # checkpoints the algorithm, so that eval works on it like on any other.
+        self.optimizer = (torch.optim.Adam(trainable, lr=self.algorithm.outer_lr) if trainable
+                          else None)
         self.generator = torch.Generator(device=self.sampler.device).manual_seed(config.seed)
         self.metric, self.higher_is_better = primary_metric(self.sampler.kind)
 
@@ -141,7 +144,8 @@ class _Trainer:
     # ---- state -------------------------------------------------------------------------------
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.algorithm.load_state_dict(checkpoint["state_dict"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.iteration = int(checkpoint["iteration"])
         self.records = list(checkpoint["metrics"])
         self.window = checkpoint["window"]
@@ -166,7 +170,7 @@ class _Trainer:
             "protocol": self.sampler.config(),
             "config": self.config.to_dict(),
             "state_dict": self.algorithm.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "iteration": self.iteration,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if uses_cuda else None,
@@ -226,10 +230,11 @@ class _Trainer:
             raise FloatingPointError(
                 f"the meta-loss became {loss.item()} at iteration {self.iteration + 1}; last good "
                 f"checkpoint: {str(self.run_dir / 'last.pt')!r} (try a lower outer learning rate)")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.algorithm.clip_meta_gradients()
-        self.optimizer.step()
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.algorithm.clip_meta_gradients()
+            self.optimizer.step()
         return loss.item(), metrics
 
     def _accumulate(self, loss: float, metrics: dict[str, float]) -> None:

@@ -10,7 +10,7 @@ from learnedopt.train import TrainConfig, train
 from tests.fewshot_data import tiny_omniglot  # noqa: F401  (session fixture)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "metalstm", "turtle", "finetune", "baseline++"])
+@pytest.mark.parametrize("algorithm", ["maml", "metalstm", "turtle", "scratch", "finetune", "baseline++"])
 def test_train_and_evaluate_on_generated_omniglot(algorithm, tiny_omniglot, tmp_path):  # noqa: F811
     task = {"name": "omniglot", "data_root": str(tiny_omniglot["zips"]), "ways": 3, "shots": 1,
             "queries": 1, "split": "vinyals", "cache_dir": str(tmp_path / "cache")}
