@@ -39,17 +39,20 @@ class MetaAlgorithm(nn.Module):
         ``ways`` selects between defaults that depend on it (MAML's 5- vs 20-way Omniglot)."""
         raise NotImplementedError
 
+    # The resolved options of this instance; every algorithm sets it in its constructor.
+    _options: dict
+
     def options(self) -> dict:
         """The options this instance runs with (recorded in checkpoints and result files)."""
-        raise NotImplementedError
+        return dict(self._options)
 
     @property
     def meta_batch_size(self) -> int:
-        raise NotImplementedError
+        return self._options["meta_batch_size"]
 
     @property
     def outer_lr(self) -> float:
-        raise NotImplementedError
+        return self._options["outer_lr"]
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """The differentiable outer objective over the batch's tasks, and metrics to log."""

@@ -101,9 +101,6 @@ class EpisodicAlgorithm(MetaAlgorithm):
     def _defaults(cls, task: str, ways: int | None) -> dict:
         raise NotImplementedError
 
-    def options(self) -> dict:
-        return dict(self._options)
-
     def _check_common_options(self) -> None:
         o, req = self._options, lambda c, m: _options.require(self.name, c, m)
         for key in ("inner_steps", "test_inner_steps"):
@@ -118,14 +115,6 @@ class EpisodicAlgorithm(MetaAlgorithm):
             f"grad_clamp must be None or > 0, got {o['grad_clamp']}")
         req(o["clip_grad_norm"] is None or o["clip_grad_norm"] > 0,
             f"clip_grad_norm must be None or > 0, got {o['clip_grad_norm']}")
-
-    @property
-    def meta_batch_size(self) -> int:
-        return self._options["meta_batch_size"]
-
-    @property
-    def outer_lr(self) -> float:
-        return self._options["outer_lr"]
 
     @property
     def first_order(self) -> bool:

@@ -102,17 +102,6 @@ class TransferBaseline(MetaAlgorithm):
         req(not (self.cosine and self.learner.kind != "classification"),
             "cosine-similarity heads need a classification learner")
 
-    def options(self) -> dict:
-        return dict(self._options)
-
-    @property
-    def meta_batch_size(self) -> int:
-        return self._options["meta_batch_size"]
-
-    @property
-    def outer_lr(self) -> float:
-        return self._options["outer_lr"]
-
     # ------------------------------------------------------------------ heads
     def _fresh_head(self, classes: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """A new output layer (torch.nn.Linear's default init) over the learner's features."""
