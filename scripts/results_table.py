@@ -27,10 +27,14 @@ def row(result: dict) -> str:
     p = result["protocol"]
     scale, unit = (100.0, " %") if result["metric"] == "accuracy" else (1.0, "")
     ci = result["ci95"]
-    value = f"{result['mean'] * scale:.3f} ± {ci * scale:.3f}{unit}" if ci is not None else f"{result['mean'] * scale:.3f}{unit}"
+    digits = 1 if unit else 3
+    value = (f"{result['mean'] * scale:.{digits}f} ± {ci * scale:.{digits}f}{unit}" if ci is not None
+             else f"{result['mean'] * scale:.{digits}f}{unit}")
+    steps = [p.get("inner_steps_train"), p.get("inner_steps_test")]
+    steps_text = " / ".join("—" if v is None else str(v) for v in steps)
     setting = (f"{p['ways']}-way {p['shots']}-shot" if p.get("ways") else f"{p['shots']}-shot")
     return (f"| {result['algorithm']} | {setting} | {result['metric']} {value} | {p['tasks']} | "
-            f"{p.get('inner_steps_train')} / {p.get('inner_steps_test')} | "
+            f"{steps_text} | "
             f"{p.get('meta_gradient') or '—'} | {p.get('iterations')} | {backend(result['backend'])} |")
 
 
