@@ -45,17 +45,6 @@ class TinyMetaSGD(MetaAlgorithm):
         return dict(hidden=16, inner_steps=1, test_inner_steps=1, meta_batch_size=4, inner_lr=0.02,
                     outer_lr=3e-3, first_order=False)
 
-    def options(self) -> dict:
-        return dict(self._options)
-
-    @property
-    def meta_batch_size(self) -> int:
-        return self._options["meta_batch_size"]
-
-    @property
-    def outer_lr(self) -> float:
-        return self._options["outer_lr"]
-
     def _forward(self, theta, x):
         h = self.hidden
         w1 = theta[:, :h].reshape(-1, h, 1)
