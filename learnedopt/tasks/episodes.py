@@ -11,11 +11,12 @@ per episode; the same generator state gives the same episodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from learnedopt.tasks.base import TaskBatch
+from learnedopt.tasks.base import TaskBatch, fixed_task_batches
 
 
 @dataclass
@@ -183,3 +184,24 @@ def check_episode_shape(pool: ClassPool, ways: int, shots: int, queries: int,
         if int(sizes.max()) < ways:
             raise ValueError(f"within-group {ways}-way episodes: no group of {where} has {ways} "
                              f"classes (largest has {int(sizes.max())})")
+
+
+class PoolSampler:
+    """sample / fixed_tasks / sample_flat of a TaskSampler whose splits are ClassPools: a subclass
+    provides ``pool(split)`` and the episode shape (``ways``, ``shots``, ``queries``), and may
+    override ``_draw`` to pass sampler-specific options to :func:`sample_episodes`."""
+
+    def _draw(self, pool: ClassPool, count: int, generator: torch.Generator) -> TaskBatch:
+        return sample_episodes(pool, count, self.ways, self.shots, self.queries, generator)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        return self._draw(self.pool("train"), batch_size, generator)
+
+    def fixed_tasks(self, split: str, num_tasks: int, batch_size: int, seed: int
+                    ) -> Iterator[TaskBatch]:
+        pool = self.pool(split)  # bad split names fail here, not at the first next()
+        return fixed_task_batches(lambda count, generator: self._draw(pool, count, generator),
+                                  split, num_tasks, batch_size, seed)
+
+    def sample_flat(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
+        return sample_flat(self.pool("train"), batch_size, generator)

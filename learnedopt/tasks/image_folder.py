@@ -15,13 +15,10 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Iterator
 
 import torch
-from torch import Tensor
 
 from learnedopt.tasks import episodes
-from learnedopt.tasks.base import TaskBatch, fixed_task_batches
 from learnedopt.tasks.episodes import ClassPool
 from learnedopt.tasks.image_cache import (IMAGE_SUFFIXES, DecodeSpec, ImageRef, cache_key,
                                           default_cache_dir, load_or_decode)
@@ -99,7 +96,7 @@ def load_split(root: Path, split: str, image_size: int, cache_dir: Path | None,
     return ClassPool(images, torch.cumsum(counts, 0) - counts, counts, classes)
 
 
-class ImageFolderTasks:
+class ImageFolderTasks(episodes.PoolSampler):
     """N-way K-shot tasks over the classes of an image-folder data set (see the module docstring).
 
     ``sample`` draws meta-training tasks from the "train" split, ``fixed_tasks`` seeded "val" /
@@ -153,21 +150,3 @@ class ImageFolderTasks:
                 "split_dirs": {k: str(v) for k, v in sorted(self.split_dirs.items())},
                 "classes": {s: p.num_classes for s, p in self._pools.items()}}
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
-        return episodes.sample_episodes(self.pool("train"), batch_size, self.ways, self.shots,
-                                        self.queries, generator)
-
-    def fixed_tasks(self, split: str, num_tasks: int, batch_size: int, seed: int
-                    ) -> Iterator[TaskBatch]:
-        pool = self.pool(split)  # bad split names fail here, not at the first next()
-        return self._fixed_tasks(pool, split, num_tasks, batch_size, seed)
-
-    def _fixed_tasks(self, pool: ClassPool, split: str, num_tasks: int, batch_size: int,
-                     seed: int) -> Iterator[TaskBatch]:
-        def sample(count: int, generator: torch.Generator) -> TaskBatch:
-            return episodes.sample_episodes(pool, count, self.ways, self.shots, self.queries,
-                                            generator)
-        return fixed_task_batches(sample, split, num_tasks, batch_size, seed)
-
-    def sample_flat(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
-        return episodes.sample_flat(self.pool("train"), batch_size, generator)

@@ -30,13 +30,12 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from learnedopt.tasks import episodes
-from learnedopt.tasks.base import TaskBatch, fixed_task_batches
+from learnedopt.tasks.base import TaskBatch
 from learnedopt.tasks.episodes import ClassPool
 from learnedopt.tasks.image_cache import (DecodeSpec, ImageRef, cache_key, default_cache_dir,
                                           load_or_decode)
@@ -180,7 +179,7 @@ def _read_vinyals(data_root: Path, split: str) -> list[tuple[str, int]]:
     return out
 
 
-class OmniglotTasks:
+class OmniglotTasks(episodes.PoolSampler):
     """N-way K-shot Omniglot tasks; see the module docstring for the splits.
 
     ``sample`` draws meta-training tasks; ``fixed_tasks("val"|"test", ...)`` the seeded evaluation
@@ -299,21 +298,7 @@ class OmniglotTasks:
             config["background"] = self.background
         return config
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
-        return episodes.sample_episodes(self.pool("train"), batch_size, self.ways, self.shots,
-                                        self.queries, generator, self.within_alphabet)
+    def _draw(self, pool: ClassPool, count: int, generator: torch.Generator) -> TaskBatch:
+        return episodes.sample_episodes(pool, count, self.ways, self.shots, self.queries,
+                                        generator, self.within_alphabet)
 
-    def fixed_tasks(self, split: str, num_tasks: int, batch_size: int, seed: int
-                    ) -> Iterator[TaskBatch]:
-        pool = self.pool(split)  # bad split names fail here, not at the first next()
-        return self._fixed_tasks(pool, split, num_tasks, batch_size, seed)
-
-    def _fixed_tasks(self, pool: ClassPool, split: str, num_tasks: int, batch_size: int,
-                     seed: int) -> Iterator[TaskBatch]:
-        def sample(count: int, generator: torch.Generator) -> TaskBatch:
-            return episodes.sample_episodes(pool, count, self.ways, self.shots, self.queries,
-                                            generator, self.within_alphabet)
-        return fixed_task_batches(sample, split, num_tasks, batch_size, seed)
-
-    def sample_flat(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
-        return episodes.sample_flat(self.pool("train"), batch_size, generator)
