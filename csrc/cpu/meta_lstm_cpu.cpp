@@ -138,7 +138,7 @@ MetaLSTMInputGrads meta_lstm_step_backward(
   const int64_t packed = s.input_size == 4 ? meta_lstm_packed_layout<4>(s.hidden).size
                                            : meta_lstm_packed_layout<1>(s.hidden).size;
   at::Tensor d_weights = at::empty({count}, in[0].options());
-  at::Tensor partials = at::empty({num_chunks(s.n, kMetaLSTMChunk) * packed},
+  at::Tensor partials = at::empty({num_chunks(s.n, meta_lstm_backward_chunk(s.n)) * packed},
                                   in[0].options().dtype(at::kDouble));
   if (theta.scalar_type() == at::kFloat) {
     run_backward<float>(g, in, s, p, log_eps, strict, d, d_weights, partials);

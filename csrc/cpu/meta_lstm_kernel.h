@@ -14,9 +14,11 @@
 namespace lo {
 namespace cpu {
 
-// Coordinates per chunk: the unit of work of one thread and of one partial sum of the weight
-// gradients (so the sums do not depend on the thread count).
-constexpr int64_t kMetaLSTMChunk = 2048;
+// Coordinates per chunk of the backward: the unit of one partial sum of the weight gradients, a
+// function of n alone (so the sums do not depend on the thread count).
+inline int64_t meta_lstm_backward_chunk(int64_t n) { return reduction_chunk(n, 256, 2048); }
+// Fewest coordinates worth handing to a thread in the forward.
+constexpr int64_t kMetaLSTMForwardGrain = 256;
 
 template <typename S>
 struct MetaLSTMForwardArgs {
@@ -34,7 +36,7 @@ struct MetaLSTMBackwardArgs {
   S *d_theta, *d_grad, *d_h, *d_c, *d_f_prev, *d_i_prev;
   // The weight and loss gradients, concatenated in schema order (meta_lstm_weight_grad).
   S* d_weights;
-  // Scratch of num_chunks(n, kMetaLSTMChunk) x packed-layout size doubles.
+  // Scratch of num_chunks(n, meta_lstm_backward_chunk(n)) x packed-layout size doubles.
   double* partials;
   S loss;
   int64_t n;
@@ -318,7 +320,7 @@ template <int HC, int D, typename S, typename V, int W>
 void forward(const MetaLSTMForwardArgs<S>& a) {
   constexpr int kH = HiddenArray<HC>::size;
   const int H = a.params.hidden;
-  for_each_chunk(a.n, kMetaLSTMChunk, [&](int64_t begin, int64_t end, int64_t) {
+  for_each_range(a.n, kMetaLSTMForwardGrain, [&](int64_t begin, int64_t end) {
     V h[kH], c[kH];
     MetaLSTMStep<HC, D, V> st;
     for (int64_t j = begin; j < end; j += W) {
@@ -419,10 +421,11 @@ void backward(const MetaLSTMBackwardArgs<S>& a) {
   const MetaLSTMParams<S>& P = a.params;
   const MetaLSTMPackedLayout L = meta_lstm_packed_layout<D>(H);
   const int n_factors = meta_lstm_factor_count(H), n_inputs = meta_lstm_input_count<D>(H);
-  for_each_chunk(a.n, kMetaLSTMChunk, [&](int64_t begin, int64_t end, int64_t chunk) {
+  const int64_t chunk_size = meta_lstm_backward_chunk(a.n);
+  for_each_chunk(a.n, chunk_size, [&](int64_t begin, int64_t end, int64_t chunk) {
     constexpr int kH = HiddenArray<HC>::size;
     constexpr int G = MetaLSTMInput<D>::grad_columns;
-    // Float lanes sum at most kMetaLSTMChunk / W terms each; the lanes and the chunks are then
+    // Float lanes sum at most 2048 / W terms each; the lanes and the chunks are then
     // added in double, in a fixed order.
     std::unique_ptr<V[]> buffer(new V[L.size + static_cast<int64_t>(n_factors + n_inputs) * kStage]);
     V* acc = buffer.get();
@@ -502,7 +505,7 @@ void backward(const MetaLSTMBackwardArgs<S>& a) {
     }
   });
 
-  const int64_t chunks = num_chunks(a.n, kMetaLSTMChunk);
+  const int64_t chunks = num_chunks(a.n, chunk_size);
   std::unique_ptr<double[]> sums(new double[L.size]());
   for (int64_t k = 0; k < chunks; ++k) {
     const double* part = a.partials + k * L.size;

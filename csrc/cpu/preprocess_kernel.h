@@ -26,13 +26,14 @@ PreprocessKernels preprocess_kernels_avx512();
 #ifdef LO_CAPABILITY
 namespace LO_CAPABILITY {
 
-constexpr int64_t kPreprocessChunk = 1 << 14;
+// Fewest coordinates worth handing to a thread: the op moves a few bytes per coordinate.
+constexpr int64_t kPreprocessGrain = 1 << 14;
 
 // Out is (n, 2) interleaved, as torch.stack([x1, x2], -1).
 template <typename S, typename V, int W>
 void preprocess_forward(const S* LO_RESTRICT x, S* LO_RESTRICT out, int64_t n,
                         const PreprocessParams<S>& pp) {
-  for_each_chunk(n, kPreprocessChunk, [&](int64_t begin, int64_t end, int64_t) {
+  for_each_range(n, kPreprocessGrain, [&](int64_t begin, int64_t end) {
     int64_t j = begin;
     if constexpr (W > 1) {
       for (; j + W <= end; j += W) {
@@ -52,7 +53,7 @@ void preprocess_forward(const S* LO_RESTRICT x, S* LO_RESTRICT out, int64_t n,
 template <typename S, typename V, int W>
 void preprocess_backward(const S* LO_RESTRICT grad_out, const S* LO_RESTRICT x,
                          S* LO_RESTRICT grad_x, int64_t n, const PreprocessParams<S>& pp) {
-  for_each_chunk(n, kPreprocessChunk, [&](int64_t begin, int64_t end, int64_t) {
+  for_each_range(n, kPreprocessGrain, [&](int64_t begin, int64_t end) {
     int64_t j = begin;
     if constexpr (W > 1) {
       for (; j + W <= end; j += W) {

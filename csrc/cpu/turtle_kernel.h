@@ -24,17 +24,19 @@ TurtleKernels turtle_kernels_baseline();
 TurtleKernels turtle_kernels_avx2();
 TurtleKernels turtle_kernels_avx512();
 
-// Coordinates per chunk of the backward: the unit of the deterministic weight-gradient sum. Each
-// chunk sums into per-lane accumulators (at most 2048 / lanes terms each in S), then into one
-// double per parameter; chunks are added in index order. Neither depends on the thread count.
-constexpr int64_t kTurtleBackwardChunk = 2048;
+// Coordinates per chunk of the backward: the unit of the deterministic weight-gradient sum, a
+// function of n alone. Each chunk sums into per-lane accumulators (at most 2048 / lanes terms
+// each in S), then into one double per parameter; chunks are added in index order. Neither
+// depends on the thread count.
+inline int64_t turtle_backward_chunk(int64_t n) { return reduction_chunk(n, 256, 2048); }
 // Chunks whose double partials are held at once; bounds the scratch for the widest networks.
 constexpr int64_t kTurtleChunksPerWave = 256;
 
 #ifdef LO_CAPABILITY
 namespace LO_CAPABILITY {
 
-constexpr int64_t kTurtleForwardChunk = 1 << 14;
+// Fewest coordinates worth handing to a thread in the forward (thousands of FLOPs each).
+constexpr int64_t kTurtleForwardGrain = 256;
 
 // Lanes j..j+W-1 of p, the lanes at or beyond `end` read as 0 (a zero coordinate contributes
 // exactly 0 to every weight gradient, since its output gradients are 0 too).
@@ -64,7 +66,7 @@ inline void store_lanes(S* LO_RESTRICT p, int64_t j, int64_t end, V v) {
 template <int kH, typename S, typename V, int W>
 void turtle_forward_impl(const TurtleForwardArgs<S>& a, const TurtleNet& net,
                          const TurtleStep<S>& st) {
-  for_each_chunk(a.n, kTurtleForwardChunk, [&](int64_t begin, int64_t end, int64_t) {
+  for_each_range(a.n, kTurtleForwardGrain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; j += W) {
       V theta_new, m_new;
       turtle_forward<kH>(load_lanes<V, S, W>(a.theta, j, end), load_lanes<V, S, W>(a.grad, j, end),
@@ -80,20 +82,21 @@ template <int kH, typename S, typename V, int W>
 void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
                           const TurtleStep<S>& st) {
   const int64_t num_params = net.num_params;
-  const int64_t chunks = num_chunks(a.n, kTurtleBackwardChunk);
+  const int64_t chunk_size = turtle_backward_chunk(a.n);
+  const int64_t chunks = num_chunks(a.n, chunk_size);
   std::vector<double> total(num_params, 0.0);
   std::vector<double> partial(
       (chunks < kTurtleChunksPerWave ? chunks : kTurtleChunksPerWave) * num_params);
 
   for (int64_t first_chunk = 0; first_chunk < chunks; first_chunk += kTurtleChunksPerWave) {
-    const int64_t wave_begin = first_chunk * kTurtleBackwardChunk;
+    const int64_t wave_begin = first_chunk * chunk_size;
     const int64_t wave_end_chunk =
         first_chunk + kTurtleChunksPerWave < chunks ? first_chunk + kTurtleChunksPerWave : chunks;
     const int64_t wave_n =
-        (wave_end_chunk * kTurtleBackwardChunk < a.n ? wave_end_chunk * kTurtleBackwardChunk : a.n) -
+        (wave_end_chunk * chunk_size < a.n ? wave_end_chunk * chunk_size : a.n) -
         wave_begin;
 
-    for_each_chunk(wave_n, kTurtleBackwardChunk, [&](int64_t b, int64_t e, int64_t chunk) {
+    for_each_chunk(wave_n, chunk_size, [&](int64_t b, int64_t e, int64_t chunk) {
       const int64_t begin = wave_begin + b, end = wave_begin + e;
       std::vector<V> acc(num_params, V{});
       V acts[(kTurtleMaxLayers - 1) * kActStride<kH>];
