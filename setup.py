@@ -52,7 +52,7 @@ def extension():
     # become one FMA on the AVX2/AVX-512 paths; it changes no result beyond rounding.
     cxx = opt + ["-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
     include_dirs = [os.path.join(HERE, "csrc")]
-    cpp = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    cpp = sources("csrc/*.cpp") + sources("csrc/autograd/*.cpp") + sources("csrc/cpu/*.cpp")
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS

@@ -1,8 +1,9 @@
-// The one place where the learnedopt ops are declared. Kernels are registered per dispatch key in
-// cpu/*_cpu.cpp and cuda/*_cuda.cpp; fake (meta) kernels and autograd in learnedopt/ops/*.py.
+// The one place where the learnedopt ops are declared. Kernels are registered per dispatch key:
+// CPU in cpu/*_cpu.cpp, CUDA in cuda/*_cuda.cpp, Autograd in autograd/*_autograd.cpp; the fake
+// (meta) kernels in learnedopt/ops/*.py.
 //
 // Every *_backward op returns the gradient of every tensor input, in input order. The backward ops
-// are not themselves differentiable (see learnedopt/ops/_double_backward.py).
+// are not themselves differentiable (see autograd/autograd_support.h).
 #include <torch/library.h>
 
 TORCH_LIBRARY(learnedopt, m) {

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from learnedopt import _extension, reference
 from learnedopt.ops import _backend, _checks
-from learnedopt.ops._double_backward import refuse_double_backward
 
 INPUT_NAMES = ("theta", "grad", "loss", "h", "c", "f_prev", "i_prev", "w_ih", "w_hh", "b_ih",
                "b_hh", "w_f", "b_f", "w_i", "b_i")
@@ -69,6 +68,8 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
     return reference.meta_lstm_step(*args, p, log_eps, strict)
 
 
+# Fake kernels: shapes for torch.compile and the meta device. Autograd is registered in C++
+# (csrc/autograd/), with the CPU and CUDA kernels.
 if _extension._C is not None:
     @torch.library.register_fake("learnedopt::meta_lstm_step")
     def _(theta, grad, loss, h, c, *rest):
@@ -78,16 +79,3 @@ if _extension._C is not None:
     @torch.library.register_fake("learnedopt::meta_lstm_step_backward")
     def _(g_theta, g_h, g_c, g_f, g_i, *inputs_and_args):
         return tuple(torch.empty_like(t) for t in inputs_and_args[:len(INPUT_NAMES)])
-
-    def _setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:len(INPUT_NAMES)])
-        ctx.args = inputs[len(INPUT_NAMES):]
-
-    def _backward(ctx, g_theta, g_h, g_c, g_f, g_i):
-        grads = torch.ops.learnedopt.meta_lstm_step_backward(
-            g_theta, g_h, g_c, g_f, g_i, *ctx.saved_tensors, *ctx.args)
-        return (*grads, None, None, None)
-
-    torch.library.register_autograd("learnedopt::meta_lstm_step", _backward,
-                                    setup_context=_setup_context)
-    refuse_double_backward("learnedopt::meta_lstm_step_backward")

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from learnedopt import _extension, reference
 from learnedopt.ops import _backend, _checks
-from learnedopt.ops._double_backward import refuse_double_backward
 
 
 def preprocess(x: Tensor, p: float = 10.0, log_eps: float = 0.0, strict: bool = False) -> Tensor:
@@ -24,6 +23,8 @@ def preprocess(x: Tensor, p: float = 10.0, log_eps: float = 0.0, strict: bool = 
     return reference.preprocess(x, p, log_eps, strict)
 
 
+# Fake kernels: shapes for torch.compile and the meta device. Autograd is registered in C++
+# (csrc/autograd/), with the CPU and CUDA kernels.
 if _extension._C is not None:
     @torch.library.register_fake("learnedopt::preprocess")
     def _(x, p, log_eps, strict):
@@ -32,16 +33,3 @@ if _extension._C is not None:
     @torch.library.register_fake("learnedopt::preprocess_backward")
     def _(grad_out, x, p, log_eps, strict):
         return torch.empty_like(x)
-
-    def _setup_context(ctx, inputs, output):
-        x, p, log_eps, strict = inputs
-        ctx.save_for_backward(x)
-        ctx.args = (p, log_eps, strict)
-
-    def _backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        grad_x = torch.ops.learnedopt.preprocess_backward(grad_out, x, *ctx.args)
-        return grad_x, None, None, None
-
-    torch.library.register_autograd("learnedopt::preprocess", _backward, setup_context=_setup_context)
-    refuse_double_backward("learnedopt::preprocess_backward")

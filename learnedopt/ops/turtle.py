@@ -10,7 +10,6 @@ from torch import Tensor
 
 from learnedopt import _extension, reference
 from learnedopt.ops import _backend, _checks
-from learnedopt.ops._double_backward import refuse_double_backward
 
 MAX_WIDTH = 64  # widest hidden layer the kernels hold per coordinate
 MAX_LAYERS = 16
@@ -63,6 +62,8 @@ def turtle_step(theta: Tensor, grad: Tensor, m: Tensor, t: int, alpha: Tensor,
     return reference.turtle_step(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
 
 
+# Fake kernels: shapes for torch.compile and the meta device. Autograd is registered in C++
+# (csrc/autograd/), with the CPU and CUDA kernels.
 if _extension._C is not None:
     @torch.library.register_fake("learnedopt::turtle_step")
     def _(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
@@ -73,21 +74,3 @@ if _extension._C is not None:
         return (torch.empty_like(theta), torch.empty_like(grad), torch.empty_like(m),
                 torch.empty_like(alpha), [torch.empty_like(w) for w in weights],
                 [torch.empty_like(b) for b in biases])
-
-    def _setup_context(ctx, inputs, output):
-        theta, grad, m, t, alpha, weights, biases, beta, grad_clamp = inputs
-        ctx.save_for_backward(theta, grad, m, alpha, *weights, *biases)
-        ctx.layers = len(weights)
-        ctx.args = (t, beta, grad_clamp)
-
-    def _backward(ctx, g_theta, g_m):
-        theta, grad, m, alpha, *params = ctx.saved_tensors
-        weights, biases = params[:ctx.layers], params[ctx.layers:]
-        t, beta, grad_clamp = ctx.args
-        d_theta, d_grad, d_m, d_alpha, d_w, d_b = torch.ops.learnedopt.turtle_step_backward(
-            g_theta, g_m, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
-        return d_theta, d_grad, d_m, None, d_alpha, list(d_w), list(d_b), None, None
-
-    torch.library.register_autograd("learnedopt::turtle_step", _backward,
-                                    setup_context=_setup_context)
-    refuse_double_backward("learnedopt::turtle_step_backward")
