@@ -114,16 +114,20 @@ LO_HD V relu_keep_nan(V x) {
   return select(x < splat<V>(0), splat<V>(0), x);
 }
 
-// z = W a + b for one layer with W (out x in) row-major, then ReLU when kRelu.
+// z = W a + b for one layer with W (out x in) row-major, then ReLU when kRelu. Input by input
+// (column by column of W): the `out` sums are independent chains that keep the FMA units busy,
+// where one dot product per output would wait on its own latency. Each z[o] still adds b[o],
+// W[o][0] a[0], W[o][1] a[1], ... in that order.
 template <int kIn, int kOut, bool kRelu, typename V, typename S>
 LO_HD void turtle_dense(const S* LO_RESTRICT w, const S* LO_RESTRICT b, const V* a, V* z, int in,
                         int out) {
   const int stride = kIn > 0 ? kIn : in;
-  for_n<kOut>(out, [&](int o) {
-    V acc = splat<V>(b[o]);
-    for_n<kIn>(in, [&](int i) { acc += splat<V>(w[o * stride + i]) * a[i]; });
-    z[o] = kRelu ? relu_keep_nan(acc) : acc;
+  for_n<kOut>(out, [&](int o) { z[o] = splat<V>(b[o]); });
+  for_n<kIn>(in, [&](int i) {
+    const V a_i = a[i];
+    for_n<kOut>(out, [&](int o) { z[o] += splat<V>(w[o * stride + i]) * a_i; });
   });
+  if (kRelu) for_n<kOut>(out, [&](int o) { z[o] = relu_keep_nan(z[o]); });
 }
 
 // da = W^T dz: the gradient reaching a layer's inputs.

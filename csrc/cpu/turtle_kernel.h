@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/turtle_math.h"
@@ -78,12 +79,70 @@ void turtle_forward_impl(const TurtleForwardArgs<S>& a, const TurtleNet& net,
   });
 }
 
+// Vectors of coordinates whose weight-gradient terms are added to the accumulators together: each
+// accumulator is loaded and stored once per block rather than once per vector.
+constexpr int kTurtleGradBlock = 16;
+
+// s[r][c] += sum over b < count of dz[b * ld + r] * a[b * ld + c] for a TO x TI tile of one
+// layer's weight-gradient accumulators (row stride acc_stride), added in b order.
+template <int TO, int TI, typename V>
+inline void add_outer_tile(V* LO_RESTRICT acc, int acc_stride, const V* LO_RESTRICT dz,
+                           const V* LO_RESTRICT a, int ld, int count) {
+  V s[TO][TI];
+  LO_TURTLE_UNROLL
+  for (int r = 0; r < TO; ++r) {
+    LO_TURTLE_UNROLL
+    for (int c = 0; c < TI; ++c) s[r][c] = acc[r * acc_stride + c];
+  }
+  for (int b = 0; b < count; ++b) {
+    LO_TURTLE_UNROLL
+    for (int r = 0; r < TO; ++r) {
+      const V d = dz[b * ld + r];
+      LO_TURTLE_UNROLL
+      for (int c = 0; c < TI; ++c) s[r][c] += d * a[b * ld + c];
+    }
+  }
+  LO_TURTLE_UNROLL
+  for (int r = 0; r < TO; ++r) {
+    LO_TURTLE_UNROLL
+    for (int c = 0; c < TI; ++c) acc[r * acc_stride + c] = s[r][c];
+  }
+}
+
+// dW += sum_b dz_b a_b^T and db += sum_b dz_b for one layer (dW: out x in, row-major, then db),
+// over the `count` vectors of a block; 4 x 4 register tiles where the shape allows.
+template <typename V>
+inline void add_layer_grads(V* LO_RESTRICT acc_w, const V* LO_RESTRICT dz, const V* LO_RESTRICT a,
+                            int ld, int count, int out, int in) {
+  constexpr int T = 4;
+  int o = 0;
+  for (; o + T <= out; o += T) {
+    int i = 0;
+    for (; i + T <= in; i += T) add_outer_tile<T, T>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
+    for (; i < in; ++i) add_outer_tile<T, 1>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
+  }
+  for (; o < out; ++o) {
+    int i = 0;
+    for (; i + T <= in; i += T) add_outer_tile<1, T>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
+    for (; i < in; ++i) add_outer_tile<1, 1>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
+  }
+  V* LO_RESTRICT acc_b = acc_w + out * in;
+  for (int r = 0; r < out; ++r) {
+    V sum = acc_b[r];
+    for (int b = 0; b < count; ++b) sum += dz[b * ld + r];
+    acc_b[r] = sum;
+  }
+}
+
 template <int kH, typename S, typename V, int W>
 void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
                           const TurtleStep<S>& st) {
   const int64_t num_params = net.num_params;
   const int64_t chunk_size = turtle_backward_chunk(a.n);
   const int64_t chunks = num_chunks(a.n, chunk_size);
+  // Per layer, a block's dz and layer inputs: kTurtleGradBlock rows of `ld` vectors.
+  const int ld = net.max_hidden_width() > 2 ? net.max_hidden_width() : 2;
+  const int64_t layer_block = static_cast<int64_t>(kTurtleGradBlock) * ld;
   std::vector<double> total(num_params, 0.0);
   std::vector<double> partial(
       (chunks < kTurtleChunksPerWave ? chunks : kTurtleChunksPerWave) * num_params);
@@ -93,24 +152,28 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
     const int64_t wave_end_chunk =
         first_chunk + kTurtleChunksPerWave < chunks ? first_chunk + kTurtleChunksPerWave : chunks;
     const int64_t wave_n =
-        (wave_end_chunk * chunk_size < a.n ? wave_end_chunk * chunk_size : a.n) -
-        wave_begin;
+        (wave_end_chunk * chunk_size < a.n ? wave_end_chunk * chunk_size : a.n) - wave_begin;
 
     for_each_chunk(wave_n, chunk_size, [&](int64_t b, int64_t e, int64_t chunk) {
       const int64_t begin = wave_begin + b, end = wave_begin + e;
       std::vector<V> acc(num_params, V{});
+      // Written before read: left uninitialised (zeroing it would cost as much as a small chunk).
+      std::unique_ptr<V[]> block_rows(new V[2 * net.layers * layer_block]);
+      V* const dz_block = block_rows.get();
+      V* const in_block = dz_block + net.layers * layer_block;
       V acts[(kTurtleMaxLayers - 1) * kActStride<kH>];
-      auto layer_grad = [&](int k, const V* dz, int out, const V* in_act, int in, auto out_count,
-                            auto in_count) {
-        constexpr int kOut = decltype(out_count)::value, kIn = decltype(in_count)::value;
-        V* LO_RESTRICT acc_w = acc.data() + net.offset[k];
-        V* LO_RESTRICT acc_b = acc_w + out * in;
-        const int stride = kIn > 0 ? kIn : in;
-        for_n<kOut>(out, [&](int o) {
-          const V d = dz[o];
-          acc_b[o] += d;
-          for_n<kIn>(in, [&](int i) { acc_w[o * stride + i] += d * in_act[i]; });
-        });
+      int slot = 0;  // the vector's row in the block
+      auto layer_grad = [&](int k, const V* dz, int out, const V* in_act, int in, auto, auto) {
+        V* dz_row = dz_block + k * layer_block + slot * ld;
+        V* in_row = in_block + k * layer_block + slot * ld;
+        for (int o = 0; o < out; ++o) dz_row[o] = dz[o];
+        for (int i = 0; i < in; ++i) in_row[i] = in_act[i];
+      };
+      auto flush = [&](int count) {
+        for (int k = 0; k < net.layers; ++k)
+          add_layer_grads(acc.data() + net.offset[k], dz_block + k * layer_block,
+                          in_block + k * layer_block, ld, count, net.width[k + 1],
+                          net.width[k]);
       };
       for (int64_t j = begin; j < end; j += W) {
         V d_grad, d_m, d_alpha;
@@ -123,7 +186,12 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
         store_lanes<V, S, W>(a.d_grad, j, end, d_grad);
         store_lanes<V, S, W>(a.d_m, j, end, d_m);
         store_lanes<V, S, W>(a.d_alpha, j, end, d_alpha);
+        if (++slot == kTurtleGradBlock) {
+          flush(slot);
+          slot = 0;
+        }
       }
+      if (slot > 0) flush(slot);
       double* out = partial.data() + (chunk)*num_params;
       for (int64_t p = 0; p < num_params; ++p) {
         if constexpr (W == 1) {
