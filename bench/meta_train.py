@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a file: import this checkout's bench and
 import torch
 
 from bench import machine, memory, results
-from bench.timing import measure
+from bench.timing import measure_interleaved
 from learnedopt import ops
 from learnedopt.tasks.base import TaskBatch
 
@@ -104,31 +104,38 @@ def build(algorithm_name: str, task: str, device: torch.device, options: dict):
     return algorithm, learner
 
 
-def time_meta_iterations(algorithm, sampler, device, budget_s: float, min_samples: int):
-    """(Timing of one meta-iteration, peak bytes of one meta-iteration)."""
+def meta_iteration_fn(algorithm, sampler, backend: str):
+    """One meta-iteration of ``algorithm`` under ``backend`` ("fused" or "reference"), as the
+    training loop does it, with its own Adam and sampling generator."""
     optimizer = torch.optim.Adam(algorithm.parameters(), lr=algorithm.outer_lr)
     generator = torch.Generator().manual_seed(0)
 
     def meta_iteration(_):
-        batch = sampler.sample(algorithm.meta_batch_size, generator)
-        loss, _ = algorithm.meta_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        algorithm.clip_meta_gradients()
-        optimizer.step()
+        with ops.use_backend(backend):
+            batch = sampler.sample(algorithm.meta_batch_size, generator)
+            loss, _ = algorithm.meta_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            algorithm.clip_meta_gradients()
+            optimizer.step()
 
-    meta_iteration(0)  # lazy initialisation and Adam's state, kept out of the memory peak
+    return meta_iteration
+
+
+def peak_bytes(meta_iteration, device) -> int:
+    """Peak memory of one meta-iteration, after one that initialises Adam's state (kept out)."""
+    meta_iteration(0)
     with memory.PeakMemory(device) as peak:
         meta_iteration(1)
-    timing = measure(meta_iteration, device, budget_s=budget_s, warmup_s=0.0,
-                     min_samples=min_samples, min_sample_s=0.0, warmup_calls=1)
-    return timing, peak.bytes
+    return peak.bytes
 
 
 def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_samples: int,
               log=print, on_progress=None) -> tuple[list[dict], dict]:
     """Rows per (case, backend) and the data each task family used; ``on_progress(rows,
-    data_used)`` runs after every measurement, so a run stopped by a time limit keeps them."""
+    data_used)`` runs after every case, so a run stopped by a time limit keeps them. The fused
+    and the reference backend of a case are timed interleaved (bench.timing.measure_interleaved),
+    so that their ratio does not depend on when each ran."""
     rows, data_used = [], {}
     try:
         import learnedopt.algorithms  # noqa: F401
@@ -139,48 +146,58 @@ def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_sa
     samplers = {}
     for case, task, algorithm_name, op in cases:
         backends = ["fused", "reference"] if op else ["none"]
-        for backend in backends:
-            row = {"case": case, "task": task, "algorithm": algorithm_name, "op": op,
-                   "backend": backend, "what": f"{case} [{backend}]"}
-            if missing:
-                rows.append({**row, "status": "skipped", "reason": missing})
-                continue
-            if backend == "fused" and not ops.available(device, op):
-                rows.append({**row, "status": "skipped",
-                             "reason": f"no fused {op} kernel for {device.type} in this build"})
-                continue
-            try:
-                if task not in samplers:
-                    samplers[task], data_used[task] = make_sampler(task, data, data_root, device)
+        base = [{"case": case, "task": task, "algorithm": algorithm_name, "op": op,
+                 "backend": backend, "what": f"{case} [{backend}]"} for backend in backends]
+        if missing:
+            rows += [{**row, "status": "skipped", "reason": missing} for row in base]
+            continue
+        if op and not ops.available(device, op):
+            rows.append({**base[0], "status": "skipped",
+                         "reason": f"no fused {op} kernel for {device.type} in this build"})
+            base = base[1:]
+        try:
+            if task not in samplers:
+                samplers[task], data_used[task] = make_sampler(task, data, data_root, device)
+            fns, peaks = {}, {}
+            for row in base:
+                backend = "reference" if row["backend"] == "none" else row["backend"]
                 algorithm, learner = build(algorithm_name, task, device, {})
-                with ops.use_backend("reference" if backend in ("reference", "none") else "fused"):
-                    timing, peak = time_meta_iterations(algorithm, samplers[task], device,
-                                                        budget_s, min_samples)
-            except torch.OutOfMemoryError:
-                rows.append({**row, "status": "skipped", "reason": "out of device memory"})
-                continue
-            except Exception as exc:  # one failing case must not lose the others
-                text = str(exc).strip().splitlines()
-                reason = f"{type(exc).__name__}: {text[0][:300] if text else ''}"
-                log(f"  {row['what']}: {reason}")
-                if os.environ.get("BENCH_TRACEBACK"):
-                    traceback.print_exc()
-                rows.append({**row, "status": "error", "reason": reason})
-                continue
-            finally:
+                fns[row["backend"]] = meta_iteration_fn(algorithm, samplers[task], backend)
+                peaks[row["backend"]] = peak_bytes(fns[row["backend"]], device)
+                described = {"learner_parameters": learner.num_params,
+                             "options": _jsonable(algorithm.options())}
                 gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            timings = measure_interleaved(fns, device, budget_s=budget_s * len(fns),
+                                          min_samples=min_samples, min_sample_s=0.0,
+                                          warmup_calls=1)
+        except torch.OutOfMemoryError:
+            rows += [{**row, "status": "skipped", "reason": "out of device memory"} for row in base]
+            continue
+        except Exception as exc:  # one failing case must not lose the others
+            text = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+            log(f"  {case}: {reason}")
+            if os.environ.get("BENCH_TRACEBACK"):
+                traceback.print_exc()
+            rows += [{**row, "status": "error", "reason": reason} for row in base]
+            continue
+        finally:
+            fns = algorithm = learner = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for row in base:
+            timing = timings[row["backend"]]
             rows.append({**row, "status": "ok", "timing": timing.as_dict(),
-                         "meta_iterations_per_s": 1.0 / timing.median_s, "peak_bytes": peak,
-                         "learner_parameters": learner.num_params,
-                         "options": _jsonable(algorithm.options()),
+                         "meta_iterations_per_s": 1.0 / timing.median_s,
+                         "peak_bytes": peaks[row["backend"]], **described,
                          "data": data_used[task]})
             log(f"  {row['what']}: {1.0 / timing.median_s:.3g} it/s "
-                f"({results.spread(timing.as_dict())} per iteration, peak {results.mebibytes(peak)})")
-            _add_speedups(rows)
-            if on_progress:
-                on_progress(rows, data_used)
+                f"({results.spread(timing.as_dict())} per iteration, "
+                f"peak {results.mebibytes(peaks[row['backend']])})")
+        _add_speedups(rows)
+        if on_progress:
+            on_progress(rows, data_used)
     _add_speedups(rows)
     return rows, data_used
 
@@ -237,7 +254,7 @@ def parse_args(argv=None):
                         help=f"Omniglot release folder (default {DEFAULT_DATA_ROOT})")
     parser.add_argument("--cases", help="comma-separated case numbers 1..5 (default all): "
                         + "; ".join(f"{i + 1}={c[0]}" for i, c in enumerate(CASES)))
-    parser.add_argument("--budget", type=float, help="seconds per case (default 10, 2 with --quick)")
+    parser.add_argument("--budget", type=float, help="seconds of samples per case and backend (default 10, 2 with --quick)")
     parser.add_argument("--threads", type=int, help="torch threads on the CPU (default: all cores)")
     parser.add_argument("--out", type=Path, help="result file (default bench/results/...)")
     parser.add_argument("--label", help="a word saved with the result and in its file name")

@@ -5,6 +5,10 @@ Each sample runs ``calls_per_sample`` calls and is closed by a device synchronis
 measures throughput (launches queue back to back, as in a training loop) rather than launch
 latency, and the timer's own cost is spread over many calls when one call is tiny. The callable
 receives the call index, so that it can rotate over several pre-allocated input copies.
+
+``measure_interleaved`` times several callables that are to be compared by taking their samples
+in turn (A, B, A, B, ...): a change of machine speed during the run (other load, clock changes)
+then shifts all of them alike instead of biasing the ratio.
 """
 
 from __future__ import annotations
@@ -64,17 +68,53 @@ def measure(fn: Callable[[int], object], device: torch.device, budget_s: float =
     samples: list[float] = []
     spent = 0.0
     while len(samples) < max_samples and (len(samples) < min_samples or spent < budget_s):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(calls_per_sample):
-            fn(calls)
-            calls += 1
-        sync()
-        elapsed = time.perf_counter() - t0
+        elapsed, calls = _sample(fn, calls, calls_per_sample, sync)
         spent += elapsed
         samples.append(elapsed / calls_per_sample)
+    return _summary(samples, calls_per_sample)
 
-    samples.sort()
+
+def measure_interleaved(fns: dict[str, Callable[[int], object]], device: torch.device,
+                        budget_s: float = 1.0, min_samples: int = 5, max_samples: int = 2000,
+                        min_sample_s: float = 1e-3, warmup_calls: int = 2) -> dict[str, Timing]:
+    """Time each ``fns[name](call_index)``, their samples taken in turn; ``budget_s`` is the
+    time spent on samples of all of them together. Warm-up as in :func:`measure` (by calls)."""
+    sync = synchronizer(device)
+    calls, calls_per_sample = {}, {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        for k in range(warmup_calls):
+            fn(k)
+        sync()
+        per_call = (time.perf_counter() - start) / max(warmup_calls, 1)
+        calls[name] = warmup_calls
+        calls_per_sample[name] = max(1, math.ceil(min_sample_s / max(per_call, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    spent = 0.0
+    while True:
+        taken = len(next(iter(samples.values())))
+        if taken >= max_samples or (taken >= min_samples and spent >= budget_s):
+            break
+        for name, fn in fns.items():
+            elapsed, calls[name] = _sample(fn, calls[name], calls_per_sample[name], sync)
+            spent += elapsed
+            samples[name].append(elapsed / calls_per_sample[name])
+    return {name: _summary(samples[name], calls_per_sample[name]) for name in fns}
+
+
+def _sample(fn, calls: int, calls_per_sample: int, sync) -> tuple[float, int]:
+    """(Seconds for calls_per_sample calls of fn, the next call index)."""
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(calls_per_sample):
+        fn(calls)
+        calls += 1
+    sync()
+    return time.perf_counter() - t0, calls
+
+
+def _summary(samples: list[float], calls_per_sample: int) -> Timing:
+    samples = sorted(samples)
     if len(samples) >= 4:
         q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
     else:
