@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench import memory, meta_train, ops as bench_ops, optimizer as bench_optimizer, report, results
-from bench.timing import measure
+from bench.timing import measure, measure_interleaved
 from learnedopt import ops, reference
 
 CPU = torch.device("cpu")
@@ -69,6 +69,16 @@ def test_measure_passes_distinct_call_indices():
     seen = []
     measure(seen.append, CPU, budget_s=0.0, warmup_s=0.0, min_samples=3, min_sample_s=0.0)
     assert seen == list(range(len(seen))) and len(seen) >= 5  # 2 warm-up calls + 3 samples
+
+
+def test_measure_interleaved_takes_samples_in_turn():
+    order = []
+    timings = measure_interleaved({"a": lambda i: order.append("a"), "b": lambda i: order.append("b")},
+                                  torch.device("cpu"), budget_s=0.0, min_samples=4,
+                                  min_sample_s=0.0, warmup_calls=1)
+    assert set(timings) == {"a", "b"}
+    assert all(t.samples == 4 and t.calls_per_sample == 1 for t in timings.values())
+    assert order == ["a", "b"] + ["a", "b"] * 4  # warm-up of each, then alternating samples
 
 
 def test_peak_memory_sees_a_freed_tensor():
