@@ -1,5 +1,10 @@
 """What a result was measured on (recorded in every JSON file), and the two ceilings of the
-roofline measured on the same device in the same run: memory bandwidth and the FP32 rate."""
+roofline measured on the same device in the same run: memory bandwidth and the FP32 rate.
+
+On the CPU the FP32 rate is the higher of a torch.mm and the extension's FMA-throughput probe
+(learnedopt._C.cpu_fp32_peak): a library matmul can fall far short of the hardware (on a 2-core AMD
+EPYC with AVX-512, torch.mm reached about half the FP32 rate of the fused kernels themselves), and
+a ceiling below the hardware's puts roofline fractions above 100 %."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -140,19 +146,67 @@ def measure_fp32_rate(device: torch.device, size: int, budget_s: float) -> float
     return 2 * size ** 3 / t.median_s
 
 
+def measure_cpu_fma_peak(budget_s: float, repeats: int = 5) -> tuple[float | None, str]:
+    """FLOP per second of the extension's FP32 FMA-throughput probe on torch's CPU threads (best of
+    `repeats` runs of about budget_s / repeats seconds each: the loop touches no memory, so
+    interference only slows it), with a note on how; None and the reason when the probe is not
+    built."""
+    from learnedopt import _extension
+    if _extension._C is None:
+        return None, _extension.LOAD_ERROR
+    probe = getattr(_extension._C, "cpu_fp32_peak", None)
+    if probe is None:
+        return None, "learnedopt._C predates cpu_fp32_peak (rebuild the extension)"
+    iterations = 100_000
+    probe(iterations)  # starts the OpenMP threads
+    start = time.perf_counter()
+    probe(iterations)
+    elapsed = time.perf_counter() - start
+    iterations = max(iterations, int(iterations * budget_s / repeats / max(elapsed, 1e-6)))
+    rate = max(probe(iterations) for _ in range(repeats))
+    return rate, (f"learnedopt._C.cpu_fp32_peak({iterations}), best of {repeats}: independent "
+                  f"register-resident FMA chains on every thread, on the SIMD path the fused "
+                  f"kernels take")
+
+
 def measure_ceilings(device: torch.device, quick: bool) -> dict:
-    """Memory bandwidth and FP32 rate of this device now, with how they were obtained."""
+    """Memory bandwidth and FP32 rate of this device now, with how they were obtained. On the CPU
+    the FP32 rate is max(torch.mm, FMA probe); both are recorded (fp32_mm_flop_per_s,
+    fp32_fma_peak_flop_per_s, None without the extension) and fp32_source names the one used."""
     if device.type == "cuda":
         nbytes, size = 1 << 30, 8192
     else:
         nbytes, size = (256 << 20), (1024 if quick else 2048)
     budget = 0.3 if quick else 1.0
     bandwidth = measure_bandwidth(device, nbytes, budget)
-    rate = measure_fp32_rate(device, size, budget)
+    mm_rate = measure_fp32_rate(device, size, budget)
+    how_bandwidth = (f"bandwidth: median of torch copy_ of a {nbytes >> 20} MiB float32 tensor, "
+                     f"read + write counted")
+    threads = f"threads={torch.get_num_threads()}"
+    if device.type == "cuda":
+        return {
+            "bandwidth_bytes_per_s": bandwidth,
+            "fp32_flop_per_s": mm_rate,
+            "how": (f"{how_bandwidth}; FP32 rate: median of torch.mm {size}x{size} float32 "
+                    f"(TF32 off), 2*{size}^3 FLOP; {threads}"),
+        }
+    how_mm = (f"median of torch.mm {size}x{size} float32, 2*{size}^3 FLOP "
+              f"= {mm_rate / 1e9:.1f} GFLOP/s")
+    peak, how_peak = measure_cpu_fma_peak(budget)
+    if peak is None:
+        source = "torch.mm"
+        how_fp32 = (f"FP32 rate: {how_mm}, used because there is no FMA probe ({how_peak}); it "
+                    f"may lie below the hardware's rate")
+    else:
+        source = "fma_peak" if peak >= mm_rate else "torch.mm"
+        how_fp32 = (f"FP32 rate: the higher of {how_mm} and {how_peak}, 2 FLOP per lane per FMA "
+                    f"= {peak / 1e9:.1f} GFLOP/s; used: {source} (a library matmul can fall short "
+                    f"of the hardware's FMA rate)")
     return {
         "bandwidth_bytes_per_s": bandwidth,
-        "fp32_flop_per_s": rate,
-        "how": (f"bandwidth: median of torch copy_ of a {nbytes >> 20} MiB float32 tensor, "
-                f"read + write counted; FP32 rate: median of torch.mm {size}x{size} float32 "
-                f"(TF32 off), 2*{size}^3 FLOP; threads={torch.get_num_threads()}"),
+        "fp32_flop_per_s": mm_rate if peak is None else max(mm_rate, peak),
+        "fp32_mm_flop_per_s": mm_rate,
+        "fp32_fma_peak_flop_per_s": peak,
+        "fp32_source": source,
+        "how": f"{how_bandwidth}; {how_fp32}; {threads}",
     }

@@ -4,14 +4,15 @@ the Markdown they render to. Nothing here asserts a speed: speed claims come fro
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
 import torch
 
-from bench import memory, meta_train, ops as bench_ops, optimizer as bench_optimizer, report, results
+from bench import machine, memory, meta_train, ops as bench_ops, optimizer as bench_optimizer, report, results
 from bench.timing import measure, measure_interleaved
-from learnedopt import ops, reference
+from learnedopt import _extension, ops, reference
 
 CPU = torch.device("cpu")
 MACHINE_FIELDS = ("hostname", "cpu_model", "cpu_count", "threads", "gpu_model", "torch", "cuda")
@@ -118,12 +119,87 @@ def test_op_specs_match_the_reference_outputs():
         assert sum(o.numel() for o in outs) == spec.forward_writes * n, name
 
 
+def _fp32_peak():
+    if _extension._C is None:
+        pytest.skip(_extension.LOAD_ERROR)
+    return _extension._C.cpu_fp32_peak  # AttributeError: a build older than the probe
+
+
+def test_cpu_fp32_peak_is_a_plausible_rate():
+    peak = _fp32_peak()
+    torch.set_num_threads(1)
+    peak(1000)  # starts the OpenMP thread
+    rate = peak(200_000)
+    # Finite and positive, and no more than one core can do: two 16-lane FMA pipes (64 FLOP per
+    # cycle) at 8 GHz. A loop the compiler had dropped would report an absurd rate.
+    assert math.isfinite(rate) and 0 < rate <= 64 * 8e9
+
+
+def test_cpu_fp32_peak_refuses_bad_iterations():
+    peak = _fp32_peak()
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=">= 1"):
+            peak(bad)
+    for bad in (1.5, "10", True, None):
+        with pytest.raises(TypeError, match="must be an int"):
+            peak(bad)
+    with pytest.raises(OverflowError):
+        peak(1 << 70)
+
+
+def _fake_ceilings(monkeypatch, mm_rate: float, probe: tuple):
+    monkeypatch.setattr(machine, "measure_bandwidth", lambda *a: 1e10)
+    monkeypatch.setattr(machine, "measure_fp32_rate", lambda *a: mm_rate)
+    monkeypatch.setattr(machine, "measure_cpu_fma_peak", lambda *a: probe)
+    return machine.measure_ceilings(CPU, quick=True)
+
+
+def test_cpu_fp32_ceiling_is_the_higher_of_matmul_and_probe(monkeypatch):
+    c = _fake_ceilings(monkeypatch, 2e11, (5e11, "probe note"))
+    assert c["fp32_flop_per_s"] == 5e11 and c["fp32_source"] == "fma_peak"
+    assert c["fp32_mm_flop_per_s"] == 2e11 and c["fp32_fma_peak_flop_per_s"] == 5e11
+    assert "probe note" in c["how"] and "used: fma_peak" in c["how"]
+    c = _fake_ceilings(monkeypatch, 6e11, (5e11, "probe note"))
+    assert c["fp32_flop_per_s"] == 6e11 and c["fp32_source"] == "torch.mm"
+    assert "used: torch.mm" in c["how"]
+
+
+def test_cpu_fp32_ceiling_falls_back_to_matmul_without_the_probe(monkeypatch):
+    c = _fake_ceilings(monkeypatch, 2e11, (None, "learnedopt._C is not built"))
+    assert c["fp32_flop_per_s"] == 2e11 and c["fp32_source"] == "torch.mm"
+    assert c["fp32_fma_peak_flop_per_s"] is None
+    assert "no FMA probe (learnedopt._C is not built)" in c["how"]
+
+
+def test_fma_peak_measurement_names_a_missing_or_stale_extension(monkeypatch):
+    monkeypatch.setattr(_extension, "_C", None)
+    assert machine.measure_cpu_fma_peak(0.01) == (None, _extension.LOAD_ERROR)
+    monkeypatch.setattr(_extension, "_C", object())
+    rate, how = machine.measure_cpu_fma_peak(0.01)
+    assert rate is None and "rebuild" in how
+
+
+def test_fma_peak_measurement_runs_the_probe():
+    _fp32_peak()
+    torch.set_num_threads(1)
+    rate, how = machine.measure_cpu_fma_peak(0.02)
+    assert rate > 0 and "cpu_fp32_peak(" in how
+
+
 def test_ops_result_file(ops_record):
     path, record = ops_record
     check_header(record, "ops")
     check_rows(record["results"])
     c = record["ceilings"]
     assert c["bandwidth_bytes_per_s"] > 0 and c["fp32_flop_per_s"] > 0 and c["how"]
+    # The CPU's FP32 ceiling is the higher of torch.mm and the FMA probe, whichever was measured.
+    assert c["fp32_flop_per_s"] >= c["fp32_mm_flop_per_s"] > 0
+    if _extension._C is not None:
+        assert c["fp32_fma_peak_flop_per_s"] > 0
+        assert c["fp32_flop_per_s"] >= c["fp32_fma_peak_flop_per_s"]
+        assert c["fp32_source"] in ("fma_peak", "torch.mm") and "cpu_fp32_peak" in c["how"]
+    else:
+        assert c["fp32_fma_peak_flop_per_s"] is None and c["fp32_source"] == "torch.mm"
     assert {"sizes", "dtype", "bytes_rule", "flop_rule", "shapes"} <= set(record["settings"])
     measured = {(r["op"], r["mode"], r["impl"], r["n"]) for r in record["results"]}
     assert len(measured) == 2 * 2 * 2 * 2  # ops x passes x implementations x sizes, ok or not
