@@ -148,7 +148,7 @@ def test_cpu_fp32_peak_refuses_bad_iterations():
 
 
 def _fake_ceilings(monkeypatch, mm_rate: float, probe: tuple):
-    monkeypatch.setattr(machine, "measure_bandwidth", lambda *a: 1e10)
+    monkeypatch.setattr(machine, "measure_bandwidth", lambda *a: (1e10, "bandwidth: stub"))
     monkeypatch.setattr(machine, "measure_fp32_rate", lambda *a: mm_rate)
     monkeypatch.setattr(machine, "measure_cpu_fma_peak", lambda *a: probe)
     return machine.measure_ceilings(CPU, quick=True)
