@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/meta_lstm_math.h"
+#include "cpu/outer_product.h"
 #include "cpu/parallel.h"
 
 namespace lo {
@@ -343,9 +344,7 @@ void forward(const MetaLSTMForwardArgs<S>& a) {
 
 // The weight gradients are sums over coordinates of factor x input products (the packed layout
 // of meta_lstm_math.h). Each group's factors and inputs are staged for kStage groups, then added
-// to the chunk's accumulators as small outer-product GEMMs, blocked so that the partial sums of
-// a kBlockRows x kBlockCols tile stay in registers over the staged groups: each accumulator is
-// loaded and stored once per kStage groups instead of once per group.
+// to the chunk's accumulators as small outer-product GEMMs (cpu/outer_product.h).
 constexpr int kStage = 8;
 
 template <typename V>
@@ -354,48 +353,12 @@ struct WeightStage {
   V* inputs;   // [input][slot]: h (H), xg (G), h_new (H), theta, f_prev, i_prev, 1
 };
 
-// out[r * stride + k] += sum over slots s < ns of F[r][s] X[k][s], for R x K tiles.
-template <int R, int K, typename V>
-inline void outer_tile(V* LO_RESTRICT out, int64_t stride, const V* F, const V* X, int ns) {
-  V acc[R][K];
-  LO_UNROLL
-  for (int r = 0; r < R; ++r) {
-    LO_UNROLL
-    for (int k = 0; k < K; ++k) acc[r][k] = F[r * kStage] * X[k * kStage];
-  }
-  for (int s = 1; s < ns; ++s) {
-    LO_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const V f = F[r * kStage + s];
-      LO_UNROLL
-      for (int k = 0; k < K; ++k) acc[r][k] += f * X[k * kStage + s];
-    }
-  }
-  LO_UNROLL
-  for (int r = 0; r < R; ++r) {
-    LO_UNROLL
-    for (int k = 0; k < K; ++k) out[r * stride + k] += acc[r][k];
-  }
-}
-
 // The rows x cols rectangle of factors f0.. times inputs x0.. into out (row stride `stride`).
 template <typename V>
 inline void outer_rect(V* out, int64_t stride, const WeightStage<V>& st, int f0, int rows, int x0,
                        int cols, int ns) {
-  constexpr int kBlockRows = 4, kBlockCols = 5;
-  const V* F = st.factors + static_cast<int64_t>(f0) * kStage;
-  const V* X = st.inputs + static_cast<int64_t>(x0) * kStage;
-  int r = 0;
-  for (; r + kBlockRows <= rows; r += kBlockRows) {
-    int k = 0;
-    for (; k + kBlockCols <= cols; k += kBlockCols) {
-      outer_tile<kBlockRows, kBlockCols>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
-    }
-    for (; k < cols; ++k) outer_tile<kBlockRows, 1>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
-  }
-  for (; r < rows; ++r) {
-    for (int k = 0; k < cols; ++k) outer_tile<1, 1>(out + r * stride + k, stride, F + r * kStage, X + k * kStage, ns);
-  }
+  outer_rect<kStage>(out, stride, st.factors + static_cast<int64_t>(f0) * kStage, rows,
+                     st.inputs + static_cast<int64_t>(x0) * kStage, cols, ns);
 }
 
 // Adds the ns staged groups' products to the chunk's accumulators (packed layout).

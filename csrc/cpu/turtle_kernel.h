@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/turtle_math.h"
+#include "cpu/outer_product.h"
 #include "cpu/parallel.h"
 
 namespace lo {
@@ -79,60 +80,9 @@ void turtle_forward_impl(const TurtleForwardArgs<S>& a, const TurtleNet& net,
   });
 }
 
-// Vectors of coordinates whose weight-gradient terms are added to the accumulators together: each
-// accumulator is loaded and stored once per block rather than once per vector.
-constexpr int kTurtleGradBlock = 16;
-
-// s[r][c] += sum over b < count of dz[b * ld + r] * a[b * ld + c] for a TO x TI tile of one
-// layer's weight-gradient accumulators (row stride acc_stride), added in b order.
-template <int TO, int TI, typename V>
-inline void add_outer_tile(V* LO_RESTRICT acc, int acc_stride, const V* LO_RESTRICT dz,
-                           const V* LO_RESTRICT a, int ld, int count) {
-  V s[TO][TI];
-  LO_TURTLE_UNROLL
-  for (int r = 0; r < TO; ++r) {
-    LO_TURTLE_UNROLL
-    for (int c = 0; c < TI; ++c) s[r][c] = acc[r * acc_stride + c];
-  }
-  for (int b = 0; b < count; ++b) {
-    LO_TURTLE_UNROLL
-    for (int r = 0; r < TO; ++r) {
-      const V d = dz[b * ld + r];
-      LO_TURTLE_UNROLL
-      for (int c = 0; c < TI; ++c) s[r][c] += d * a[b * ld + c];
-    }
-  }
-  LO_TURTLE_UNROLL
-  for (int r = 0; r < TO; ++r) {
-    LO_TURTLE_UNROLL
-    for (int c = 0; c < TI; ++c) acc[r * acc_stride + c] = s[r][c];
-  }
-}
-
-// dW += sum_b dz_b a_b^T and db += sum_b dz_b for one layer (dW: out x in, row-major, then db),
-// over the `count` vectors of a block; 4 x 4 register tiles where the shape allows.
-template <typename V>
-inline void add_layer_grads(V* LO_RESTRICT acc_w, const V* LO_RESTRICT dz, const V* LO_RESTRICT a,
-                            int ld, int count, int out, int in) {
-  constexpr int T = 4;
-  int o = 0;
-  for (; o + T <= out; o += T) {
-    int i = 0;
-    for (; i + T <= in; i += T) add_outer_tile<T, T>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
-    for (; i < in; ++i) add_outer_tile<T, 1>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
-  }
-  for (; o < out; ++o) {
-    int i = 0;
-    for (; i + T <= in; i += T) add_outer_tile<1, T>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
-    for (; i < in; ++i) add_outer_tile<1, 1>(acc_w + o * in + i, in, dz + o, a + i, ld, count);
-  }
-  V* LO_RESTRICT acc_b = acc_w + out * in;
-  for (int r = 0; r < out; ++r) {
-    V sum = acc_b[r];
-    for (int b = 0; b < count; ++b) sum += dz[b * ld + r];
-    acc_b[r] = sum;
-  }
-}
+// Vectors of coordinates whose weight-gradient terms are staged and then added to the
+// accumulators together (cpu/outer_product.h).
+constexpr int kTurtleGradSlots = 16;
 
 template <int kH, typename S, typename V, int W>
 void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
@@ -140,9 +90,10 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
   const int64_t num_params = net.num_params;
   const int64_t chunk_size = turtle_backward_chunk(a.n);
   const int64_t chunks = num_chunks(a.n, chunk_size);
-  // Per layer, a block's dz and layer inputs: kTurtleGradBlock rows of `ld` vectors.
-  const int ld = net.max_hidden_width() > 2 ? net.max_hidden_width() : 2;
-  const int64_t layer_block = static_cast<int64_t>(kTurtleGradBlock) * ld;
+  // Per layer, the staged dz (outputs x slots) and layer inputs (inputs x slots), each at most
+  // `widest` rows.
+  const int widest = net.max_hidden_width() > 2 ? net.max_hidden_width() : 2;
+  const int64_t layer_block = static_cast<int64_t>(kTurtleGradSlots) * widest;
   std::vector<double> total(num_params, 0.0);
   std::vector<double> partial(
       (chunks < kTurtleChunksPerWave ? chunks : kTurtleChunksPerWave) * num_params);
@@ -162,18 +113,23 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
       V* const dz_block = block_rows.get();
       V* const in_block = dz_block + net.layers * layer_block;
       V acts[(kTurtleMaxLayers - 1) * kActStride<kH>];
-      int slot = 0;  // the vector's row in the block
+      V ones[kTurtleGradSlots];  // the bias "input"
+      for (V& one : ones) one = splat<V>(1);
+      int slot = 0;  // the vector's column in the staging rows
       auto layer_grad = [&](int k, const V* dz, int out, const V* in_act, int in, auto, auto) {
-        V* dz_row = dz_block + k * layer_block + slot * ld;
-        V* in_row = in_block + k * layer_block + slot * ld;
-        for (int o = 0; o < out; ++o) dz_row[o] = dz[o];
-        for (int i = 0; i < in; ++i) in_row[i] = in_act[i];
+        V* dz_rows = dz_block + k * layer_block + slot;
+        V* in_rows = in_block + k * layer_block + slot;
+        for (int o = 0; o < out; ++o) dz_rows[o * kTurtleGradSlots] = dz[o];
+        for (int i = 0; i < in; ++i) in_rows[i * kTurtleGradSlots] = in_act[i];
       };
-      auto flush = [&](int count) {
-        for (int k = 0; k < net.layers; ++k)
-          add_layer_grads(acc.data() + net.offset[k], dz_block + k * layer_block,
-                          in_block + k * layer_block, ld, count, net.width[k + 1],
-                          net.width[k]);
+      auto flush = [&](int count) {  // dW_k += dz a^T and db_k += dz over the staged vectors
+        for (int k = 0; k < net.layers; ++k) {
+          const int out = net.width[k + 1], in = net.width[k];
+          V* w = acc.data() + net.offset[k];
+          const V* dz = dz_block + k * layer_block;
+          outer_rect<kTurtleGradSlots>(w, in, dz, out, in_block + k * layer_block, in, count);
+          outer_rect<kTurtleGradSlots>(w + out * in, 1, dz, out, ones, 1, count);
+        }
       };
       for (int64_t j = begin; j < end; j += W) {
         V d_grad, d_m, d_alpha;
@@ -186,7 +142,7 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
         store_lanes<V, S, W>(a.d_grad, j, end, d_grad);
         store_lanes<V, S, W>(a.d_m, j, end, d_m);
         store_lanes<V, S, W>(a.d_alpha, j, end, d_alpha);
-        if (++slot == kTurtleGradBlock) {
+        if (++slot == kTurtleGradSlots) {
           flush(slot);
           slot = 0;
         }

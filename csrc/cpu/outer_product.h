@@ -1,0 +1,71 @@
+// Weight gradients as small GEMMs, shared by the CPU backward kernels. A weight's gradient is a sum
+// over coordinates of (factor x input) products. The kernels stage the factors F and the inputs X
+// of up to kSlots vectors of coordinates ("slots"), slot-minor: F[r * kSlots + s], X[k * kSlots + s].
+// outer_rect then adds sum over s of F[r][s] X[k][s] to out[r * stride + k] in R x K register
+// tiles, so each accumulator is loaded and stored once per kSlots vectors instead of once per
+// vector. Torch-free; included inside a capability's namespace (see cpu/capability_variant.h) so
+// that each instruction set gets its own copy.
+#pragma once
+
+#include <cstdint>
+
+#include "common/macros.h"
+
+#ifdef LO_CAPABILITY
+namespace lo {
+namespace cpu {
+namespace LO_CAPABILITY {
+
+// out[r * stride + k] += sum over s < ns of F[r * kSlots + s] X[k * kSlots + s], for an R x K tile.
+template <int kSlots, int R, int K, typename V>
+inline void outer_tile(V* LO_RESTRICT out, int64_t stride, const V* LO_RESTRICT F,
+                       const V* LO_RESTRICT X, int ns) {
+  V acc[R][K];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) acc[r][k] = F[r * kSlots] * X[k * kSlots];
+  }
+  for (int s = 1; s < ns; ++s) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V f = F[r * kSlots + s];
+#pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) acc[r][k] += f * X[k * kSlots + s];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) out[r * stride + k] += acc[r][k];
+  }
+}
+
+// The rows x cols rectangle: out[r * stride + k] += sum over s < ns of F[r][s] X[k][s], with ns >= 1.
+template <int kSlots, typename V>
+inline void outer_rect(V* out, int64_t stride, const V* F, int rows, const V* X, int cols, int ns) {
+  constexpr int kBlockRows = 4, kBlockCols = 5;
+  int r = 0;
+  for (; r + kBlockRows <= rows; r += kBlockRows) {
+    int k = 0;
+    for (; k + kBlockCols <= cols; k += kBlockCols)
+      outer_tile<kSlots, kBlockRows, kBlockCols>(out + r * stride + k, stride, F + r * kSlots,
+                                                 X + k * kSlots, ns);
+    for (; k < cols; ++k)
+      outer_tile<kSlots, kBlockRows, 1>(out + r * stride + k, stride, F + r * kSlots,
+                                        X + k * kSlots, ns);
+  }
+  for (; r < rows; ++r) {
+    int k = 0;
+    for (; k + kBlockCols <= cols; k += kBlockCols)
+      outer_tile<kSlots, 1, kBlockCols>(out + r * stride + k, stride, F + r * kSlots,
+                                        X + k * kSlots, ns);
+    for (; k < cols; ++k)
+      outer_tile<kSlots, 1, 1>(out + r * stride + k, stride, F + r * kSlots, X + k * kSlots, ns);
+  }
+}
+
+}  // namespace LO_CAPABILITY
+}  // namespace cpu
+}  // namespace lo
+#endif  // LO_CAPABILITY
