@@ -7,13 +7,15 @@
 #
 # Every stage has its own time limit (seconds, overridable through the environment) so that one
 # slow stage cannot starve the rest: build 200, tests 90, ops 170, meta-training 50, optimizer 30,
-# about 9 minutes with start-up. The benchmarks write their JSON progressively, so a stage cut by
-# its limit still leaves what it finished (marked "complete": false).
+# info and report 30 each. Those add up to 10 minutes, the most one call may take, so each stage
+# is also cut to what is left of TOTAL_S (510 s from the script's start, start-up included): the
+# copy to $OUT at the end always happens. The benchmarks write their JSON progressively, so a stage
+# cut by its limit still leaves what it finished (marked "complete": false).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_S=${BUILD_S:-200}; TESTS_S=${TESTS_S:-90}; OPS_S=${OPS_S:-170}
-META_S=${META_S:-50}; OPTIM_S=${OPTIM_S:-30}
+META_S=${META_S:-50}; OPTIM_S=${OPTIM_S:-30}; TOTAL_S=${TOTAL_S:-510}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 LOGS=bench/results/logs/gpu-$STAMP
 mkdir -p "$LOGS"
@@ -21,6 +23,13 @@ PY=${PYTHON:-python3}
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, tee its log, report its status
   local name=$1 limit=$2; shift 2
+  local left=$((TOTAL_S - SECONDS - 10))  # timeout's --kill-after may add 10 s
+  if ((left < limit)); then limit=$left; fi
+  if ((limit < 5)); then
+    echo "=== $name: not run, the script's ${TOTAL_S}s are spent"
+    echo "$name skipped 0" >> "$LOGS/stages.txt"
+    return 124
+  fi
   echo "=== $name (limit ${limit}s): $*"
   local t0=$SECONDS
   timeout --signal=TERM --kill-after=10 "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
@@ -32,7 +41,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, tee its log, 
 
 {
   echo "date: $(date -u --iso-8601=seconds)"
-  echo "command: bash bench/gpu_all.sh (BUILD_S=$BUILD_S TESTS_S=$TESTS_S OPS_S=$OPS_S META_S=$META_S OPTIM_S=$OPTIM_S)"
+  echo "command: bash bench/gpu_all.sh (BUILD_S=$BUILD_S TESTS_S=$TESTS_S OPS_S=$OPS_S META_S=$META_S OPTIM_S=$OPTIM_S TOTAL_S=$TOTAL_S)"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: not available"
   nvcc --version 2>&1 | tail -2 || echo "nvcc: not available"

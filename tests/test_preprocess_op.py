@@ -195,3 +195,18 @@ def test_cuda_matches_cpu_and_reference(dtype):
         torch.testing.assert_close(a, b, equal_nan=True, **TOL[dtype])
     y2 = ops.preprocess(x.cuda())
     assert torch.equal(y2, yc.detach())
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_backward_of_a_misaligned_grad_out(dtype):
+    """A contiguous grad_out at an odd element offset (the kernel loads it as aligned pairs)."""
+    if not ops.available("cuda", "preprocess"):
+        pytest.skip("the CUDA kernels are not built")
+    x = random_values(1001, dtype, 11)
+    g = torch.randn(2 * x.numel() + 1, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    g_odd = g.cuda()[1:].view(x.numel(), 2)
+    assert g_odd.is_contiguous() and g_odd.storage_offset() == 1
+    got = torch.ops.learnedopt.preprocess_backward(g_odd, x.cuda(), 10.0, 0.0, False)
+    want = torch.ops.learnedopt.preprocess_backward(g[1:].view(x.numel(), 2), x, 10.0, 0.0, False)
+    torch.testing.assert_close(got.cpu(), want, **TOL[dtype])

@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdint>
+
 #include "cuda/glue.h"
 #include "cuda/preprocess_kernel.h"
 
@@ -43,7 +45,12 @@ at::Tensor preprocess_backward_cuda(const at::Tensor& grad_out, const at::Tensor
   check_same("preprocess_backward", "grad_out", grad_out, x);
   check_shape("preprocess_backward", "grad_out", grad_out, with_pair_dim(x));
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous(), gc = grad_out.contiguous();
+  const at::Tensor xc = x.contiguous();
+  // The kernel reads grad_out as (x1, x2) pairs of 2 * sizeof(S) bytes, which must be aligned to
+  // that size; a contiguous view at an odd element offset (say a narrow of autograd's gradient of
+  // a torch.cat) is not, so it is copied.
+  at::Tensor gc = grad_out.contiguous();
+  if (reinterpret_cast<std::uintptr_t>(gc.data_ptr()) % (2 * gc.element_size()) != 0) gc = gc.clone();
   at::Tensor grad_x = at::empty_like(xc);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   Status status;
