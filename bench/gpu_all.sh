@@ -60,7 +60,9 @@ stage build "$BUILD_S" "${BUILD_ENV[@]}" $PY -m pip install --no-build-isolation
 stage info 30 $PY -c "import learnedopt; from learnedopt import ops; print(ops.describe())"
 # -k cuda selects tests named after CUDA and tests marked @pytest.mark.cuda (markers are keywords).
 stage tests "$TESTS_S" $PY -m pytest -q -k cuda -p no:cacheprovider tests/
-stage ops "$OPS_S" $PY -m bench.ops --device cuda --budget 0.2 --out "bench/results/ops-cuda-$STAMP.json"
+# The sizes of the GPU targets (10^5, 10^7) first, for every op: a run cut by its limit loses the rest.
+stage ops "$OPS_S" $PY -m bench.ops --device cuda --budget 0.2 --sizes 1e5,1e7,1e3,1e4,1e6,1e8 \
+  --out "bench/results/ops-cuda-$STAMP.json"
 stage meta_train "$META_S" $PY -m bench.meta_train --device cuda --quick --budget 3 \
   --out "bench/results/meta_train-cuda-$STAMP.json"
 stage optimizer "$OPTIM_S" $PY -m bench.optimizer --device cuda --budget 1 \

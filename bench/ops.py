@@ -259,23 +259,24 @@ class OpBenchmark:
 
     def run(self, op_names: list[str], sizes: list[int], impl_names: list[str], modes: list[str],
             on_progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
-        """``on_progress(rows)`` runs after each op, so that a run stopped by a time limit still
-        leaves the finished ops on disk."""
+        """Size by size, every op at each size, in the order ``sizes`` gives (put the sizes that
+        matter most first). ``on_progress(rows)`` runs after each (size, op), so that a run stopped
+        by a time limit still leaves everything it finished on disk."""
         rows: list[dict] = []
         # Fused and eager first: if a time limit cuts the run short, compilation is what is lost.
         order = [i for i in ("fused", "eager", "compile") if i in impl_names]
-        for op in op_names:
-            spec = SPECS[op]()
-            shared = spec.shared(self.s.device, self.s.dtype)
-            # Peak bytes per coordinate of each (pass, impl) at the previous size, to refuse a size
-            # that cannot fit before trying it.
-            peak_per_coord: dict[tuple[str, str], float] = {}
-            for n in sizes:
-                rows += self._size(spec, shared, n, order, modes, peak_per_coord)
+        specs = {op: SPECS[op]() for op in op_names}
+        shared = {op: spec.shared(self.s.device, self.s.dtype) for op, spec in specs.items()}
+        # Peak bytes per coordinate of each (pass, impl) at the sizes measured so far, per op, to
+        # refuse a size that cannot fit before trying it.
+        peak_per_coord: dict[str, dict[tuple[str, str], float]] = {op: {} for op in op_names}
+        for n in sizes:
+            for op in op_names:
+                rows += self._size(specs[op], shared[op], n, order, modes, peak_per_coord[op])
                 _release(self.s.device)
-            torch._dynamo.reset()
-            if on_progress:
-                on_progress(rows)
+                if on_progress:
+                    on_progress(rows)
+        torch._dynamo.reset()
         return rows
 
     def _size(self, spec: OpSpec, shared: dict, n: int, impl_order: list[str], modes: list[str],
