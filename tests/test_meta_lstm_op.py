@@ -158,6 +158,21 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.learnedopt.meta_lstm_step_backward.default, back_args)
 
 
+def test_opcheck_non_contiguous_inputs():
+    """Fake and real kernels agree on the outputs' strides (contiguous) when h, c and w_hh are
+    transposed views and theta is strided."""
+    inputs = make_inputs(9, 5, 4, torch.float64, seed=14)
+    for k in (3, 4, 8):  # h, c, w_hh
+        inputs[k] = inputs[k].t().contiguous().t()
+    inputs[0] = torch.stack([inputs[0], inputs[0]], dim=1)[:, 0]  # theta with stride 2
+    assert not any(inputs[k].is_contiguous() for k in (0, 3, 4, 8))
+    args = (*inputs, 10.0, 0.0, False)
+    torch.library.opcheck(torch.ops.learnedopt.meta_lstm_step.default, args)
+    outs = torch.ops.learnedopt.meta_lstm_step(*args)
+    torch.library.opcheck(torch.ops.learnedopt.meta_lstm_step_backward.default,
+                          (*output_grads(outs), *inputs, 10.0, 0.0, False))
+
+
 # 1761: the reduction chunk depends on n below 16k coordinates (256 here); 100003: 2048.
 @pytest.mark.parametrize("n", [1761, 100003])
 def test_deterministic_across_runs_and_threads(n):

@@ -146,6 +146,19 @@ def test_deterministic_across_runs_and_threads():
         assert torch.equal(y, outs[0][0]) and torch.equal(g, outs[0][1])
 
 
+def test_opcheck_non_contiguous_inputs():
+    """Fake and real kernels agree on the outputs' strides (contiguous) whatever the inputs' layout:
+    a transposed (dense) tensor and a strided one."""
+    transposed = random_values(24, torch.float64, 12).view(4, 6).t()
+    strided = random_values(40, torch.float64, 13)[::2]
+    for x in (transposed, strided):
+        torch.library.opcheck(torch.ops.learnedopt.preprocess.default,
+                              (x.clone().requires_grad_(), 10.0, 0.0, False))
+        grad_out = torch.randn(*x.shape, 2, dtype=torch.float64)
+        torch.library.opcheck(torch.ops.learnedopt.preprocess_backward.default,
+                              (grad_out, x, 10.0, 0.0, False))
+
+
 def test_double_backward_is_refused_clearly():
     x = random_values(10, torch.float64, 8).requires_grad_()
     y = ops.preprocess(x)

@@ -315,6 +315,22 @@ def test_opcheck():
                               test_utils=("test_schema", "test_faketensor"))
 
 
+def test_opcheck_non_contiguous_inputs():
+    """Fake and real kernels agree on the outputs' strides (contiguous) when theta is strided and
+    the weights are transposed views."""
+    gen = torch.Generator().manual_seed(15)
+    weights, biases = make_net("paper", torch.float64, gen)
+    weights = [w.t().contiguous().t() for w in weights]
+    theta, grad, m, alpha = make_state(37, torch.float64, gen)
+    theta = torch.stack([theta, theta], dim=1)[:, 0]
+    assert not theta.is_contiguous() and not weights[1].is_contiguous()
+    args = (theta, grad, m, 1, alpha, weights, biases, 0.9, 10.0)
+    torch.library.opcheck(torch.ops.learnedopt.turtle_step.default, args)
+    g = torch.randn(37, generator=gen, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.learnedopt.turtle_step_backward.default,
+                          (g, g.clone(), *args), test_utils=("test_schema", "test_faketensor"))
+
+
 def backward_outputs(n, threads):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

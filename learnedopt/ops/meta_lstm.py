@@ -73,9 +73,10 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
 if _extension._C is not None:
     @torch.library.register_fake("learnedopt::meta_lstm_step")
     def _(theta, grad, loss, h, c, *rest):
-        return (torch.empty_like(theta), torch.empty_like(h), torch.empty_like(c),
-                torch.empty_like(theta), torch.empty_like(theta))
+        # Contiguous outputs whatever the inputs' strides, as the kernels return them.
+        return (theta.new_empty(theta.shape), h.new_empty(h.shape), c.new_empty(c.shape),
+                theta.new_empty(theta.shape), theta.new_empty(theta.shape))
 
     @torch.library.register_fake("learnedopt::meta_lstm_step_backward")
     def _(g_theta, g_h, g_c, g_f, g_i, *inputs_and_args):
-        return tuple(torch.empty_like(t) for t in inputs_and_args[:len(INPUT_NAMES)])
+        return tuple(t.new_empty(t.shape) for t in inputs_and_args[:len(INPUT_NAMES)])

@@ -67,10 +67,11 @@ def turtle_step(theta: Tensor, grad: Tensor, m: Tensor, t: int, alpha: Tensor,
 if _extension._C is not None:
     @torch.library.register_fake("learnedopt::turtle_step")
     def _(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
-        return torch.empty_like(theta), torch.empty_like(theta)
+        # Contiguous outputs whatever the inputs' strides, as the kernels return them.
+        return theta.new_empty(theta.shape), theta.new_empty(theta.shape)
 
     @torch.library.register_fake("learnedopt::turtle_step_backward")
     def _(g_theta, g_m, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
-        return (torch.empty_like(theta), torch.empty_like(grad), torch.empty_like(m),
-                torch.empty_like(alpha), [torch.empty_like(w) for w in weights],
-                [torch.empty_like(b) for b in biases])
+        return (theta.new_empty(theta.shape), grad.new_empty(grad.shape), m.new_empty(m.shape),
+                alpha.new_empty(alpha.shape), [w.new_empty(w.shape) for w in weights],
+                [b.new_empty(b.shape) for b in biases])
