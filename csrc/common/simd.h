@@ -43,25 +43,32 @@ LO_SIMD_INLINE void store(float* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// e^(x - n ln 2) for the integer n nearest x / ln 2: the remainder taken in two parts for
+// accuracy, then Cephes' degree-5 polynomial. Shared by vexp and vexp_in_range.
+template <typename V>
+LO_SIMD_INLINE V exp_remainder(V x, V n) {
+  V r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const V z = r * r;
+  V y = 1.9875691500E-4f * r + 1.3981999507E-3f;
+  y = y * r + 8.3334519073E-3f;
+  y = y * r + 4.1665795894E-2f;
+  y = y * r + 1.6666665459E-1f;
+  y = y * r + 5.0000001201E-1f;
+  return y * z + r + 1.0f;
+}
+
 template <typename V>
 LO_SIMD_INLINE V vexp(V x) {
   using IV = typename Lanes<V>::itype;
   const V hi = V{} + 88.3762626647949f, lo_ = V{} - 87.3365447504f;
   V xc = x > hi ? hi : x;
   xc = xc < lo_ ? lo_ : xc;
-  // n = floor(x / ln 2 + 0.5); r = x - n ln 2 in two parts for accuracy.
+  // n = floor(x / ln 2 + 0.5).
   V fx = xc * 1.44269504088896341f + 0.5f;
   V t = __builtin_convertvector(__builtin_convertvector(fx, IV), V);
   V n = t > fx ? t - 1.0f : t;
-  V r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  V z = r * r;
-  V y = 1.9875691500E-4f * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * z + r + 1.0f;
+  V y = exp_remainder(xc, n);
   IV e = (__builtin_convertvector(n, IV) + 127) << 23;
   y = y * (V)e;
   const V inf = V{} + __builtin_inff();
@@ -109,15 +116,7 @@ LO_SIMD_INLINE V vexp_in_range(V x) {
   using IV = typename Lanes<V>::itype;
   const V t = x * 1.44269504088896341f + 12582912.0f;
   const V n = t - 12582912.0f;
-  V r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  const V z = r * r;
-  V y = 1.9875691500E-4f * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * z + r + 1.0f;
+  const V y = exp_remainder(x, n);
   return (V)((IV)y + ((IV)t << 23));
 }
 
