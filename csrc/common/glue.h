@@ -1,8 +1,10 @@
-// Argument checks shared by the torch glue of every op (CPU and CUDA). The Python wrappers in
+// Argument checks and input preparation shared by the torch glue of every op (CPU and CUDA). The Python wrappers in
 // learnedopt/ops check first with friendlier messages; these keep a direct torch.ops call safe.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <vector>
 
 namespace lo {
 
@@ -25,6 +27,14 @@ inline void check_same(const char* op, const char* name, const at::Tensor& t, co
 inline void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, "learnedopt::", op, ": ", name, " has shape ", t.sizes(),
               ", expected ", shape);
+}
+
+// Contiguous versions of the inputs, as the kernels read them (no copy when they already are).
+inline std::vector<at::Tensor> contiguous_all(at::TensorList in) {
+  std::vector<at::Tensor> out;
+  out.reserve(in.size());
+  for (const at::Tensor& t : in) out.push_back(t.contiguous());
+  return out;
 }
 
 }  // namespace lo

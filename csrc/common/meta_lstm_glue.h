@@ -1,5 +1,6 @@
 // Torch-side pieces shared by the CPU and CUDA glue of meta_lstm_step: the argument checks (so a
-// direct torch.ops call cannot crash a kernel) and the split of the concatenated weight gradients.
+// direct torch.ops call cannot crash a kernel), the allocation of what the kernels write, and the
+// split of the concatenated weight gradients.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -64,6 +65,30 @@ inline void check_meta_lstm_output_grads(const char* op, at::TensorList grads, a
     check_shape(op, names[k], grads[k], inputs[like[k]].sizes());
   }
 }
+
+// The five outputs of meta_lstm_step for the contiguous inputs `in` (schema order).
+struct MetaLSTMOutputs {
+  at::Tensor theta_new, h_new, c_new, f, i;
+
+  explicit MetaLSTMOutputs(const std::vector<at::Tensor>& in)
+      : theta_new(at::empty_like(in[0])), h_new(at::empty_like(in[3])),
+        c_new(at::empty_like(in[4])), f(at::empty_like(in[0])), i(at::empty_like(in[0])) {}
+};
+
+// What the backward kernels write for the contiguous inputs `in`: the per-coordinate gradients
+// (theta, grad, h, c, f_prev, i_prev) and the weight and loss gradients in one flat tensor
+// (meta_lstm_weight_grad's order).
+struct MetaLSTMBackwardOutputs {
+  std::vector<at::Tensor> per_coord;
+  at::Tensor flat;
+
+  MetaLSTMBackwardOutputs(const std::vector<at::Tensor>& in, const MetaLSTMShape& s)
+      : per_coord{at::empty_like(in[0]), at::empty_like(in[1]), at::empty_like(in[3]),
+                  at::empty_like(in[4]), at::empty_like(in[5]), at::empty_like(in[6])},
+        flat(at::empty({s.input_size == 4 ? meta_lstm_weight_grad_count<4>(s.hidden)
+                                          : meta_lstm_weight_grad_count<1>(s.hidden)},
+                       in[0].options())) {}
+};
 
 // The gradients of the 15 inputs, in schema order.
 using MetaLSTMInputGrads =

@@ -1,12 +1,14 @@
-// Torch-side helpers of turtle_step shared by the CPU and CUDA glue: the argument checks, and the
+// Torch-side helpers of turtle_step shared by the CPU and CUDA glue: the argument checks, the
 // packing of the MLP's weights and biases into the one flat buffer (plus TurtleNet descriptor) the
-// kernels take, and the unpacking of its gradient.
+// kernels take and the unpacking of its gradient, and the tensors of one call (TurtleForwardCall,
+// TurtleBackwardCall) from which both glues fill the kernels' arguments.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -131,5 +133,60 @@ inline std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> unpack_turtle
   }
   return {std::move(d_weights), std::move(d_biases)};
 }
+
+// One turtle_step call as the kernels take it: contiguous inputs, the packed MLP, fresh outputs.
+struct TurtleForwardCall {
+  at::Tensor theta, grad, m, alpha;
+  PackedTurtleNet packed;
+  at::Tensor theta_new, m_new;
+
+  TurtleForwardCall(const at::Tensor& theta_in, const at::Tensor& grad_in, const at::Tensor& m_in,
+                    int64_t t, const at::Tensor& alpha_in, at::TensorList weights,
+                    at::TensorList biases)
+      : theta(theta_in.contiguous()), grad(grad_in.contiguous()), m(m_in.contiguous()),
+        alpha(alpha_in.contiguous()), packed(pack_turtle_net(weights, biases, t)),
+        theta_new(at::empty_like(theta)), m_new(at::empty_like(theta)) {}
+
+  template <typename S>
+  TurtleForwardArgs<S> args() const {
+    return {theta.data_ptr<S>(),     grad.data_ptr<S>(),      m.data_ptr<S>(),
+            alpha.data_ptr<S>(),     packed.params.data_ptr<S>(), theta_new.data_ptr<S>(),
+            m_new.data_ptr<S>(),     theta.numel()};
+  }
+};
+
+using TurtleInputGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                    std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// One turtle_step_backward call as the kernels take it (theta itself is not needed: the update is
+// linear in it).
+struct TurtleBackwardCall {
+  at::Tensor d_theta_new, d_m_new, grad, m, alpha;
+  PackedTurtleNet packed;
+  at::Tensor d_theta, d_grad, d_m, d_alpha, d_params;
+
+  TurtleBackwardCall(const at::Tensor& d_theta_new_in, const at::Tensor& d_m_new_in,
+                     const at::Tensor& grad_in, const at::Tensor& m_in, int64_t t,
+                     const at::Tensor& alpha_in, at::TensorList weights, at::TensorList biases)
+      : d_theta_new(d_theta_new_in.contiguous()), d_m_new(d_m_new_in.contiguous()),
+        grad(grad_in.contiguous()), m(m_in.contiguous()), alpha(alpha_in.contiguous()),
+        packed(pack_turtle_net(weights, biases, t)), d_theta(at::empty_like(grad)),
+        d_grad(at::empty_like(grad)), d_m(at::empty_like(grad)), d_alpha(at::empty_like(grad)),
+        d_params(at::empty_like(packed.params)) {}
+
+  template <typename S>
+  TurtleBackwardArgs<S> args() const {
+    return {d_theta_new.data_ptr<S>(), d_m_new.data_ptr<S>(), grad.data_ptr<S>(),
+            m.data_ptr<S>(),           alpha.data_ptr<S>(),   packed.params.data_ptr<S>(),
+            d_theta.data_ptr<S>(),     d_grad.data_ptr<S>(),  d_m.data_ptr<S>(),
+            d_alpha.data_ptr<S>(),     d_params.data_ptr<S>(), grad.numel()};
+  }
+
+  // The gradients of the op's tensor inputs in schema order, the weights' cut out of d_params.
+  TurtleInputGrads result(at::TensorList weights, int64_t t) const {
+    auto [d_weights, d_biases] = unpack_turtle_grads(d_params, packed.net, weights, t);
+    return {d_theta, d_grad, d_m, d_alpha, std::move(d_weights), std::move(d_biases)};
+  }
+};
 
 }  // namespace lo

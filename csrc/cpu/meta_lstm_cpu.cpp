@@ -23,14 +23,6 @@ MetaLSTMKernels kernels() {
   }
 }
 
-// Contiguous copies of the inputs (no copy when they already are).
-std::vector<at::Tensor> contiguous(at::TensorList in) {
-  std::vector<at::Tensor> out;
-  out.reserve(in.size());
-  for (const at::Tensor& t : in) out.push_back(t.contiguous());
-  return out;
-}
-
 // Holds the weights' pointers and the gate bias that MetaLSTMParams points into.
 template <typename S>
 struct ParamsHolder {
@@ -64,14 +56,13 @@ struct ParamsHolder {
 
 template <typename S>
 void run_forward(const std::vector<at::Tensor>& in, const MetaLSTMShape& s, double p, double log_eps,
-                 bool strict, at::Tensor& theta_new, at::Tensor& h_new, at::Tensor& c_new,
-                 at::Tensor& f, at::Tensor& i) {
+                 bool strict, MetaLSTMOutputs& out) {
   ParamsHolder<S> holder(in, s, p, log_eps, strict);
   MetaLSTMForwardArgs<S> a{in[0].data_ptr<S>(), in[1].data_ptr<S>(), in[3].data_ptr<S>(),
                            in[4].data_ptr<S>(), in[5].data_ptr<S>(), in[6].data_ptr<S>(),
-                           theta_new.data_ptr<S>(), h_new.data_ptr<S>(), c_new.data_ptr<S>(),
-                           f.data_ptr<S>(), i.data_ptr<S>(), s.n, static_cast<int>(s.input_size),
-                           holder.params};
+                           out.theta_new.data_ptr<S>(), out.h_new.data_ptr<S>(),
+                           out.c_new.data_ptr<S>(), out.f.data_ptr<S>(), out.i.data_ptr<S>(), s.n,
+                           static_cast<int>(s.input_size), holder.params};
   const MetaLSTMKernels k = kernels();
   if constexpr (std::is_same_v<S, float>) k.forward_f32(a);
   else k.forward_f64(a);
@@ -86,29 +77,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
   const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
                                        w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
   const MetaLSTMShape s = check_meta_lstm_inputs("meta_lstm_step", raw);
-  const std::vector<at::Tensor> in = contiguous(raw);
-  at::Tensor theta_new = at::empty_like(in[0]), f = at::empty_like(in[0]), i = at::empty_like(in[0]);
-  at::Tensor h_new = at::empty_like(in[3]), c_new = at::empty_like(in[4]);
+  const std::vector<at::Tensor> in = contiguous_all(raw);
+  MetaLSTMOutputs out(in);
   if (theta.scalar_type() == at::kFloat) {
-    run_forward<float>(in, s, p, log_eps, strict, theta_new, h_new, c_new, f, i);
+    run_forward<float>(in, s, p, log_eps, strict, out);
   } else {
-    run_forward<double>(in, s, p, log_eps, strict, theta_new, h_new, c_new, f, i);
+    run_forward<double>(in, s, p, log_eps, strict, out);
   }
-  return {theta_new, h_new, c_new, f, i};
+  return {out.theta_new, out.h_new, out.c_new, out.f, out.i};
 }
 
 template <typename S>
 void run_backward(const std::vector<at::Tensor>& g, const std::vector<at::Tensor>& in,
                   const MetaLSTMShape& s, double p, double log_eps, bool strict,
-                  std::vector<at::Tensor>& d, at::Tensor& d_weights, at::Tensor& partials) {
+                  MetaLSTMBackwardOutputs& out, at::Tensor& partials) {
   ParamsHolder<S> holder(in, s, p, log_eps, strict);
+  const std::vector<at::Tensor>& d = out.per_coord;
   MetaLSTMBackwardArgs<S> a{g[0].data_ptr<S>(), g[1].data_ptr<S>(), g[2].data_ptr<S>(),
                             g[3].data_ptr<S>(), g[4].data_ptr<S>(),
                             in[0].data_ptr<S>(), in[1].data_ptr<S>(), in[3].data_ptr<S>(),
                             in[4].data_ptr<S>(), in[5].data_ptr<S>(), in[6].data_ptr<S>(),
                             d[0].data_ptr<S>(), d[1].data_ptr<S>(), d[2].data_ptr<S>(),
                             d[3].data_ptr<S>(), d[4].data_ptr<S>(), d[5].data_ptr<S>(),
-                            d_weights.data_ptr<S>(), partials.data_ptr<double>(), holder.loss,
+                            out.flat.data_ptr<S>(), partials.data_ptr<double>(), holder.loss,
                             s.n, static_cast<int>(s.input_size), holder.params};
   const MetaLSTMKernels k = kernels();
   if constexpr (std::is_same_v<S, float>) k.backward_f32(a);
@@ -128,24 +119,18 @@ MetaLSTMInputGrads meta_lstm_step_backward(
   const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
   const std::vector<at::Tensor> raw_g = {g_theta_new, g_h_new, g_c_new, g_f, g_i};
   check_meta_lstm_output_grads(op, raw_g, raw);
-  const std::vector<at::Tensor> in = contiguous(raw), g = contiguous(raw_g);
-
-  // Per-coordinate input gradients: theta, grad, h, c, f_prev, i_prev.
-  std::vector<at::Tensor> d = {at::empty_like(in[0]), at::empty_like(in[1]), at::empty_like(in[3]),
-                               at::empty_like(in[4]), at::empty_like(in[5]), at::empty_like(in[6])};
-  const int64_t count = s.input_size == 4 ? meta_lstm_weight_grad_count<4>(s.hidden)
-                                          : meta_lstm_weight_grad_count<1>(s.hidden);
+  const std::vector<at::Tensor> in = contiguous_all(raw), g = contiguous_all(raw_g);
+  MetaLSTMBackwardOutputs out(in, s);
   const int64_t packed = s.input_size == 4 ? meta_lstm_packed_layout<4>(s.hidden).size
                                            : meta_lstm_packed_layout<1>(s.hidden).size;
-  at::Tensor d_weights = at::empty({count}, in[0].options());
   at::Tensor partials = at::empty({num_chunks(s.n, meta_lstm_backward_chunk(s.n)) * packed},
                                   in[0].options().dtype(at::kDouble));
   if (theta.scalar_type() == at::kFloat) {
-    run_backward<float>(g, in, s, p, log_eps, strict, d, d_weights, partials);
+    run_backward<float>(g, in, s, p, log_eps, strict, out, partials);
   } else {
-    run_backward<double>(g, in, s, p, log_eps, strict, d, d_weights, partials);
+    run_backward<double>(g, in, s, p, log_eps, strict, out, partials);
   }
-  return assemble_meta_lstm_input_grads(d, d_weights, s);
+  return assemble_meta_lstm_input_grads(out.per_coord, out.flat, s);
 }
 
 }  // namespace

@@ -16,13 +16,6 @@ namespace lo {
 namespace cuda {
 namespace {
 
-std::vector<at::Tensor> contiguous(at::TensorList in) {
-  std::vector<at::Tensor> out;
-  out.reserve(in.size());
-  for (const at::Tensor& t : in) out.push_back(t.contiguous());
-  return out;
-}
-
 // Inputs in schema order: theta, grad, loss, h, c, f_prev, i_prev, w_ih, ..., b_i.
 template <typename S>
 MetaLSTMDeviceWeights<S> device_weights(const std::vector<at::Tensor>& in, const MetaLSTMShape& s,
@@ -46,22 +39,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
   const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
   check_cuda(op, "theta", theta);
   const c10::cuda::CUDAGuard guard(theta.device());
-  const std::vector<at::Tensor> in = contiguous(raw);
-  at::Tensor theta_new = at::empty_like(in[0]), f = at::empty_like(in[0]), i = at::empty_like(in[0]);
-  at::Tensor h_new = at::empty_like(in[3]), c_new = at::empty_like(in[4]);
+  const std::vector<at::Tensor> in = contiguous_all(raw);
+  MetaLSTMOutputs out(in);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   Status status;
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), op, [&] {
     const MetaLSTMCudaForwardArgs<scalar_t> a{
         in[0].data_ptr<scalar_t>(), in[1].data_ptr<scalar_t>(), in[3].data_ptr<scalar_t>(),
         in[4].data_ptr<scalar_t>(), in[5].data_ptr<scalar_t>(), in[6].data_ptr<scalar_t>(),
-        theta_new.data_ptr<scalar_t>(), h_new.data_ptr<scalar_t>(), c_new.data_ptr<scalar_t>(),
-        f.data_ptr<scalar_t>(), i.data_ptr<scalar_t>(), s.n,
+        out.theta_new.data_ptr<scalar_t>(), out.h_new.data_ptr<scalar_t>(),
+        out.c_new.data_ptr<scalar_t>(), out.f.data_ptr<scalar_t>(), out.i.data_ptr<scalar_t>(), s.n,
         device_weights<scalar_t>(in, s, p, log_eps, strict)};
     status = meta_lstm_forward_cuda<scalar_t>(a, stream);
   });
   check_status(status, op);
-  return {theta_new, h_new, c_new, f, i};
+  return {out.theta_new, out.h_new, out.c_new, out.f, out.i};
 }
 
 MetaLSTMInputGrads meta_lstm_step_backward_cuda(
@@ -79,14 +71,9 @@ MetaLSTMInputGrads meta_lstm_step_backward_cuda(
   const std::vector<at::Tensor> raw_g = {g_theta_new, g_h_new, g_c_new, g_f, g_i};
   check_meta_lstm_output_grads(op, raw_g, raw);
   const c10::cuda::CUDAGuard guard(theta.device());
-  const std::vector<at::Tensor> in = contiguous(raw), g = contiguous(raw_g);
-
-  // Per-coordinate input gradients: theta, grad, h, c, f_prev, i_prev.
-  std::vector<at::Tensor> d = {at::empty_like(in[0]), at::empty_like(in[1]), at::empty_like(in[3]),
-                               at::empty_like(in[4]), at::empty_like(in[5]), at::empty_like(in[6])};
-  const int64_t count = s.input_size == 4 ? meta_lstm_weight_grad_count<4>(s.hidden)
-                                          : meta_lstm_weight_grad_count<1>(s.hidden);
-  at::Tensor d_weights = at::empty({count}, in[0].options());
+  const std::vector<at::Tensor> in = contiguous_all(raw), g = contiguous_all(raw_g);
+  MetaLSTMBackwardOutputs out(in, s);
+  const std::vector<at::Tensor>& d = out.per_coord;
   at::Tensor scratch = at::empty(
       {meta_lstm_backward_scratch_size(s.n, static_cast<int>(s.hidden), static_cast<int>(s.input_size))},
       in[0].options().dtype(at::kDouble));
@@ -100,12 +87,12 @@ MetaLSTMInputGrads meta_lstm_step_backward_cuda(
         in[4].data_ptr<scalar_t>(), in[5].data_ptr<scalar_t>(), in[6].data_ptr<scalar_t>(),
         d[0].data_ptr<scalar_t>(), d[1].data_ptr<scalar_t>(), d[2].data_ptr<scalar_t>(),
         d[3].data_ptr<scalar_t>(), d[4].data_ptr<scalar_t>(), d[5].data_ptr<scalar_t>(),
-        d_weights.data_ptr<scalar_t>(), scratch.data_ptr<double>(), s.n,
+        out.flat.data_ptr<scalar_t>(), scratch.data_ptr<double>(), s.n,
         device_weights<scalar_t>(in, s, p, log_eps, strict)};
     status = meta_lstm_backward_cuda<scalar_t>(a, stream);
   });
   check_status(status, op);
-  return assemble_meta_lstm_input_grads(d, d_weights, s);
+  return assemble_meta_lstm_input_grads(out.per_coord, out.flat, s);
 }
 
 }  // namespace
