@@ -3,11 +3,13 @@ CLI and benchmarks rely on (nothing else of an algorithm is used from outside)."
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from learnedopt.algorithms import _options
+from learnedopt.learners import Learner
 from learnedopt.tasks.base import TaskBatch
 
 
@@ -41,6 +43,17 @@ class MetaAlgorithm(nn.Module):
 
     # The resolved options of this instance; every algorithm sets it in its constructor.
     _options: dict
+
+    def _adopt(self, learner: Learner, options: dict[str, Any]) -> None:
+        """Sets ``self.learner`` and ``self._options``: the defaults for the learner's task family
+        (and ways), overridden by ``options``. Anything but a Learner is refused."""
+        if not isinstance(learner, Learner):
+            raise TypeError(f"{self.name}: learner must be a learnedopt.learners.Learner, "
+                            f"got {type(learner).__name__}")
+        self.learner = learner
+        self._options = _options.resolve(
+            self.name, self.option_defaults(_options.task_of(learner), getattr(learner, "ways", None)),
+            options)
 
     def options(self) -> dict:
         """The options this instance runs with (recorded in checkpoints and result files)."""

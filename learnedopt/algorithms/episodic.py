@@ -79,13 +79,7 @@ class EpisodicAlgorithm(MetaAlgorithm):
 
     def __init__(self, learner: Learner, **options: Any):
         super().__init__()
-        if not isinstance(learner, Learner):
-            raise TypeError(f"{self.name}: learner must be a learnedopt.learners.Learner, "
-                            f"got {type(learner).__name__}")
-        self.learner = learner
-        ways = getattr(learner, "ways", None)
-        self._options = _options.resolve(self.name, self.option_defaults(_options.task_of(learner),
-                                                                         ways=ways), options)
+        self._adopt(learner, options)
         self._check_common_options()
         self.theta0 = nn.Parameter(learner.init_parameters())
 

@@ -64,13 +64,7 @@ class TransferBaseline(MetaAlgorithm):
 
     def __init__(self, learner: Learner, **options: Any):
         super().__init__()
-        if not isinstance(learner, Learner):
-            raise TypeError(f"{self.name}: learner must be a learnedopt.learners.Learner, "
-                            f"got {type(learner).__name__}")
-        self.learner = learner
-        self._options = _options.resolve(
-            self.name, self.option_defaults(_options.task_of(learner), getattr(learner, "ways", None)),
-            options)
+        self._adopt(learner, options)
         self._check_options()
         self.theta0 = nn.Parameter(learner.init_parameters(), requires_grad=self.pretrained)
         self.classification = learner.kind == "classification"
