@@ -25,12 +25,12 @@ namespace autograd {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The typed dispatcher handle of learnedopt::<name>, looked up once.
+// The typed dispatcher handle of the op `name` ("learnedopt::..."). Callers keep it in a static
+// of their own, one per op: a cache keyed by the signature alone would hand one op's handle to
+// another of the same signature.
 template <typename Signature>
-const c10::TypedOperatorHandle<Signature>& op_handle(const char* name) {
-  static const auto handle =
-      c10::Dispatcher::singleton().findSchemaOrThrow(name, "").template typed<Signature>();
-  return handle;
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").template typed<Signature>();
 }
 
 // Identity on `outputs` (already computed below autograd) whose grad_fn, when autograd records

@@ -20,8 +20,14 @@ using BackwardSig = Tensor15(T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, T, 
                              double, bool);
 constexpr int kInputs = 15;  // theta, grad, loss, h, c, f_prev, i_prev and the eight meta-weights
 
-const auto& step_op() { return op_handle<StepSig>("learnedopt::meta_lstm_step"); }
-const auto& backward_op() { return op_handle<BackwardSig>("learnedopt::meta_lstm_step_backward"); }
+const auto& step_op() {
+  static const auto op = find_op<StepSig>("learnedopt::meta_lstm_step");
+  return op;
+}
+const auto& backward_op() {
+  static const auto op = find_op<BackwardSig>("learnedopt::meta_lstm_step_backward");
+  return op;
+}
 
 template <typename Tuple, size_t... I>
 variable_list to_list(const Tuple& t, std::index_sequence<I...>) {

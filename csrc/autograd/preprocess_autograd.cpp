@@ -10,9 +10,13 @@ namespace {
 using PreprocessSig = at::Tensor(const at::Tensor&, double, double, bool);
 using PreprocessBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, double, bool);
 
-const auto& preprocess_op() { return op_handle<PreprocessSig>("learnedopt::preprocess"); }
+const auto& preprocess_op() {
+  static const auto op = find_op<PreprocessSig>("learnedopt::preprocess");
+  return op;
+}
 const auto& preprocess_backward_op() {
-  return op_handle<PreprocessBackwardSig>("learnedopt::preprocess_backward");
+  static const auto op = find_op<PreprocessBackwardSig>("learnedopt::preprocess_backward");
+  return op;
 }
 
 struct Preprocess : public torch::autograd::Function<Preprocess> {

@@ -19,8 +19,14 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 using BackwardSig = BackwardResult(T, T, T, T, T, int64_t, T, at::TensorList, at::TensorList, double,
                                    double);
 
-const auto& step_op() { return op_handle<StepSig>("learnedopt::turtle_step"); }
-const auto& backward_op() { return op_handle<BackwardSig>("learnedopt::turtle_step_backward"); }
+const auto& step_op() {
+  static const auto op = find_op<StepSig>("learnedopt::turtle_step");
+  return op;
+}
+const auto& backward_op() {
+  static const auto op = find_op<BackwardSig>("learnedopt::turtle_step_backward");
+  return op;
+}
 
 // d_theta, d_grad, d_m, d_alpha, then the weight and the bias gradients, in one list.
 variable_list flatten(const BackwardResult& r) {
