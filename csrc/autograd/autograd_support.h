@@ -3,8 +3,10 @@
 // Autograd lives in C++, registered for the Autograd dispatch key, rather than in Python with
 // torch.library.register_autograd: the Python route costs ~150 us of interpreter work per forward +
 // backward (argument flattening, a Python autograd.Function), as much as the kernels themselves
-// at the few thousand coordinates of a sine learner, and it does not compose with torch.func. The
-// fake (meta) kernels stay in Python (learnedopt/ops/*.py), which is all torch.compile needs.
+// at the few thousand coordinates of a sine learner. functorch refuses C++ Functions, so under
+// torch.func transforms the Python wrappers take a Python route over the same ops instead
+// (learnedopt/ops/_functorch.py). The fake (meta) kernels stay in Python (learnedopt/ops/*.py),
+// which is all torch.compile needs.
 //
 // The backward ops are differentiated zero times. Second-order meta-training never needs it: the
 // second-order term reaches the meta-parameters through the learner's own double backward (the

@@ -9,14 +9,21 @@
 
 Path of a call: this wrapper checks its arguments, then either runs ``torch.ops.learnedopt.<op>``
 (registered in csrc/schema.cpp, CPU kernel in csrc/cpu/, CUDA kernel in csrc/cuda/) or the
-pure-PyTorch twin in :mod:`learnedopt.reference`.
+pure-PyTorch twin in :mod:`learnedopt.reference`. Autograd of the registered ops is C++
+(csrc/autograd/); under torch.func transforms the wrappers use the Python route of
+:mod:`learnedopt.ops._functorch` instead, with the vmap rules of :mod:`learnedopt.ops._vmap`.
 """
 
+from learnedopt import _extension
+from learnedopt.ops import _vmap
 from learnedopt.ops._backend import (BACKENDS, available, describe, get_backend, set_backend,
                                      use_backend)
 from learnedopt.ops.meta_lstm import meta_lstm_step
 from learnedopt.ops.preprocess import preprocess
 from learnedopt.ops.turtle import turtle_step
+
+if _extension._C is not None:
+    _vmap.register()
 
 __all__ = ["BACKENDS", "available", "describe", "get_backend", "set_backend", "use_backend",
            "preprocess", "meta_lstm_step", "turtle_step"]

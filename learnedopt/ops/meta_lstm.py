@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from learnedopt import _extension, reference
-from learnedopt.ops import _backend, _checks
+from learnedopt.ops import _backend, _checks, _functorch
 
 INPUT_NAMES = ("theta", "grad", "loss", "h", "c", "f_prev", "i_prev", "w_ih", "w_hh", "b_ih",
                "b_hh", "w_f", "b_f", "w_i", "b_i")
@@ -64,6 +64,8 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
     args = (theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i)
     _check(*args, p)
     if _backend.use_fused(theta.device, "meta_lstm_step"):
+        if _functorch.active():
+            return _functorch.MetaLSTMStep.apply(*args, float(p), float(log_eps), bool(strict))
         return tuple(torch.ops.learnedopt.meta_lstm_step(*args, float(p), float(log_eps), bool(strict)))
     return reference.meta_lstm_step(*args, p, log_eps, strict)
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from learnedopt import _extension, reference
-from learnedopt.ops import _backend, _checks
+from learnedopt.ops import _backend, _checks, _functorch
 
 
 def preprocess(x: Tensor, p: float = 10.0, log_eps: float = 0.0, strict: bool = False) -> Tensor:
@@ -19,6 +19,8 @@ def preprocess(x: Tensor, p: float = 10.0, log_eps: float = 0.0, strict: bool = 
     if not (log_eps >= 0 and math.isfinite(log_eps)):
         raise ValueError(f"learnedopt.ops.preprocess: log_eps must be finite and >= 0, got {log_eps}")
     if _backend.use_fused(x.device, "preprocess"):
+        if _functorch.active():
+            return _functorch.Preprocess.apply(x, float(p), float(log_eps), bool(strict))
         return torch.ops.learnedopt.preprocess(x, float(p), float(log_eps), bool(strict))
     return reference.preprocess(x, p, log_eps, strict)
 

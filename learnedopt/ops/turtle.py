@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from learnedopt import _extension, reference
-from learnedopt.ops import _backend, _checks
+from learnedopt.ops import _backend, _checks, _functorch
 
 MAX_WIDTH = 64  # widest hidden layer the kernels hold per coordinate
 MAX_LAYERS = 16
@@ -57,6 +57,9 @@ def turtle_step(theta: Tensor, grad: Tensor, m: Tensor, t: int, alpha: Tensor,
     weights, biases = list(weights), list(biases)
     _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
     if _backend.use_fused(theta.device, "turtle_step"):
+        if _functorch.active():
+            return _functorch.TurtleStep.apply(theta, grad, m, t, alpha, len(weights), *weights,
+                                               *biases, float(beta), float(grad_clamp))
         return tuple(torch.ops.learnedopt.turtle_step(theta, grad, m, t, alpha, weights, biases,
                                                       float(beta), float(grad_clamp)))
     return reference.turtle_step(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)

@@ -1,0 +1,86 @@
+"""torch.vmap rules for the registered ops (torch.library.register_vmap).
+
+The forward ops are coordinate-wise with weights shared by every coordinate, so a batch of
+per-coordinate inputs under shared weights is just more coordinates: the batch is folded into n and
+the kernel runs once. When something shared by the coordinates is itself batched (the weights, or
+meta_lstm_step's loss), and for the backward ops, whose weight gradients are sums over the
+coordinates that each batch element must get separately, the op runs once per batch element.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import _pytree as pytree
+
+
+def _select(args, in_dims, b):
+    """The b-th batch element of every batched tensor in ``args`` (a pytree mirrored by in_dims)."""
+    flat, spec = pytree.tree_flatten(list(args))
+    dims = pytree.tree_leaves(list(in_dims), is_leaf=lambda d: d is None)
+    flat = [a.select(d, b) if d is not None else a for a, d in zip(flat, dims)]
+    return pytree.tree_unflatten(flat, spec)
+
+
+def _per_element(op, info, in_dims, args):
+    """Runs ``op`` once per batch element and stacks every output along dim 0."""
+    results = [op(*_select(args, in_dims, b)) for b in range(info.batch_size)]
+    flat0, spec = pytree.tree_flatten(results[0])
+    stacked = [torch.stack([pytree.tree_leaves(r)[k] for r in results])
+               for k in range(len(flat0))]
+    return pytree.tree_unflatten(stacked, spec), pytree.tree_unflatten([0] * len(flat0), spec)
+
+
+def _to_front(x, dim, batch):
+    """(batch, *x's unbatched shape), contiguous: the kernels read flat arrays."""
+    return (x.movedim(dim, 0) if dim is not None else x.expand(batch, *x.shape)).contiguous()
+
+
+def _fold(op, info, in_dims, args, per_coordinate, coordinate_dims, outputs_per_coordinate):
+    """Runs ``op`` once on the batch folded into the coordinates, if only per-coordinate inputs
+    (positions ``per_coordinate``, each with ``coordinate_dims`` dimensions per coordinate
+    beyond n) are batched; otherwise per element."""
+    shared_batched = any(d is not None for k, d in enumerate(in_dims) if k not in per_coordinate
+                         for d in (d if isinstance(d, (list, tuple)) else [d]))
+    if shared_batched:
+        return _per_element(op, info, in_dims, args)
+    batch = info.batch_size
+    args = list(args)
+    n = None
+    for k, extra in zip(per_coordinate, coordinate_dims):
+        x = _to_front(args[k], in_dims[k], batch)
+        n = x.shape[1]
+        args[k] = x.reshape(batch * n, *x.shape[2:]) if extra else x.reshape(-1)
+    out = op(*args)
+    out = tuple(o.view(batch, n, *o.shape[1:]) for o in out[:outputs_per_coordinate])
+    return out, (0,) * len(out)
+
+
+def register() -> None:
+    lib = torch.ops.learnedopt
+
+    @torch.library.register_vmap("learnedopt::preprocess")
+    def _(info, in_dims, x, p, log_eps, strict):
+        return lib.preprocess(_to_front(x, in_dims[0], info.batch_size), p, log_eps, strict), 0
+
+    @torch.library.register_vmap("learnedopt::preprocess_backward")
+    def _(info, in_dims, grad_out, x, p, log_eps, strict):
+        batch = info.batch_size
+        return lib.preprocess_backward(_to_front(grad_out, in_dims[0], batch),
+                                       _to_front(x, in_dims[1], batch), p, log_eps, strict), 0
+
+    @torch.library.register_vmap("learnedopt::meta_lstm_step")
+    def _(info, in_dims, *args):
+        # theta, grad (n); h, c (n, H); f_prev, i_prev (n): the loss and weights are shared.
+        return _fold(lib.meta_lstm_step, info, in_dims, args, per_coordinate=(0, 1, 3, 4, 5, 6),
+                     coordinate_dims=(0, 0, 1, 1, 0, 0), outputs_per_coordinate=5)
+
+    @torch.library.register_vmap("learnedopt::turtle_step")
+    def _(info, in_dims, *args):
+        # theta, grad, m, alpha (n): the MLP is shared.
+        return _fold(lib.turtle_step, info, in_dims, args, per_coordinate=(0, 1, 2, 4),
+                     coordinate_dims=(0, 0, 0, 0), outputs_per_coordinate=2)
+
+    for name in ("meta_lstm_step_backward", "turtle_step_backward"):
+        op = getattr(lib, name)
+        torch.library.register_vmap(f"learnedopt::{name}",
+                                    lambda info, in_dims, *args, op=op: _per_element(op, info, in_dims, args))
