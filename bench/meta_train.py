@@ -32,6 +32,7 @@ from bench import machine, memory, results
 from bench.timing import measure_interleaved
 from learnedopt import ops
 from learnedopt.tasks.base import TaskBatch
+from learnedopt.train import meta_optimizer
 
 DEFAULT_DATA_ROOT = machine.REPO_ROOT.parent / "shared" / "data" / "omniglot"
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
@@ -106,8 +107,8 @@ def build(algorithm_name: str, task: str, device: torch.device, options: dict):
 
 def meta_iteration_fn(algorithm, sampler, backend: str):
     """One meta-iteration of ``algorithm`` under ``backend`` ("fused" or "reference"), as the
-    training loop does it, with its own Adam and sampling generator."""
-    optimizer = torch.optim.Adam(algorithm.parameters(), lr=algorithm.outer_lr)
+    training loop does it (learnedopt.train's meta-optimizer), with its own sampling generator."""
+    optimizer = meta_optimizer(algorithm.parameters(), algorithm.outer_lr)
     generator = torch.Generator().manual_seed(0)
 
     def meta_iteration(_):

@@ -84,6 +84,13 @@ class TrainConfig:
         return cls(**data)
 
 
+def meta_optimizer(parameters, lr: float) -> torch.optim.Adam:
+    """The outer-loop Adam. foreach=True updates all meta-parameters with one batched op per step
+    on the CPU too (torch's CPU default is a loop over the tensors, ~0.1 ms slower per meta-iteration
+    for a sine TURTLE), and gives bitwise the same parameters as that loop; fused=True would not."""
+    return torch.optim.Adam(parameters, lr=lr, foreach=True)
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Meta-train as ``config`` says; returns the run directory. ``resume`` continues the run in
     ``config.out`` from its last.pt (it may raise ``iterations``, nothing else)."""
@@ -119,8 +126,7 @@ class _Trainer:
         trainable = [p for p in self.algorithm.parameters() if p.requires_grad]
         # TrainFromScratch has nothing to meta-train: its run only records the (constant) loss and
         # checkpoints the algorithm, so that eval works on it like on any other.
-        self.optimizer = (torch.optim.Adam(trainable, lr=self.algorithm.outer_lr) if trainable
-                          else None)
+        self.optimizer = meta_optimizer(trainable, self.algorithm.outer_lr) if trainable else None
         self.generator = torch.Generator(device=self.sampler.device).manual_seed(config.seed)
         self.metric, self.higher_is_better = primary_metric(self.sampler.kind)
 
