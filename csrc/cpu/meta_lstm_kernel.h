@@ -17,7 +17,7 @@ namespace cpu {
 
 // Coordinates per chunk of the backward: the unit of one partial sum of the weight gradients, a
 // function of n alone (so the sums do not depend on the thread count).
-inline int64_t meta_lstm_backward_chunk(int64_t n) { return reduction_chunk(n, 256, 2048); }
+inline int64_t meta_lstm_backward_chunk(int64_t n) { return reduction_chunk(n, 192, 2048); }
 // Fewest coordinates worth handing to a thread in the forward.
 constexpr int64_t kMetaLSTMForwardGrain = 256;
 

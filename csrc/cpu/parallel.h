@@ -17,6 +17,9 @@ namespace cpu {
 // Piece boundaries are multiples of this many coordinates, so only the last piece has a partial
 // SIMD vector and pieces do not share cache lines of the per-coordinate arrays.
 constexpr int64_t kPieceAlign = 64;
+// Reduction chunks are multiples of this (a 64-byte line of floats): finer than kPieceAlign so that
+// n / 8 rounds up to chunks that split evenly over 2 or 4 threads at a few thousand coordinates.
+constexpr int64_t kReductionAlign = 16;
 
 inline int64_t num_chunks(int64_t n, int64_t chunk) { return n == 0 ? 0 : (n + chunk - 1) / chunk; }
 
@@ -25,7 +28,7 @@ inline int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1)
 // The reduction chunk for n coordinates: about n / 8 (so that even a few thousand coordinates keep
 // two or four threads busy), clamped to [min_chunk, max_chunk]; a function of n alone.
 inline int64_t reduction_chunk(int64_t n, int64_t min_chunk, int64_t max_chunk) {
-  const int64_t chunk = round_up((n + 7) / 8, kPieceAlign);
+  const int64_t chunk = round_up((n + 7) / 8, kReductionAlign);
   return chunk < min_chunk ? min_chunk : (chunk > max_chunk ? max_chunk : chunk);
 }
 

@@ -30,7 +30,7 @@ TurtleKernels turtle_kernels_avx512();
 // function of n alone. Each chunk sums into per-lane accumulators (at most 2048 / lanes terms
 // each in S), then into one double per parameter; chunks are added in index order. Neither
 // depends on the thread count.
-inline int64_t turtle_backward_chunk(int64_t n) { return reduction_chunk(n, 256, 2048); }
+inline int64_t turtle_backward_chunk(int64_t n) { return reduction_chunk(n, 192, 2048); }
 // Chunks whose double partials are held at once; bounds the scratch for the widest networks.
 constexpr int64_t kTurtleChunksPerWave = 256;
 
