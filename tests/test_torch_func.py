@@ -12,9 +12,10 @@ import warnings
 import pytest
 import torch
 from torch.func import grad, jacrev, vjp, vmap
+from torch.utils._pytree import tree_leaves
 
 from learnedopt import ops, reference
-from learnedopt.ops import available
+from learnedopt.ops import _vmap, available
 from tests.test_meta_lstm_op import make_inputs as lstm_inputs
 from tests.test_turtle_op import make_net, make_state
 
@@ -37,6 +38,14 @@ def both(fn):
     with ops.use_backend("reference"):
         expected = fn(reference)
     return fused, expected
+
+
+def assert_same(got, want):
+    """Every tensor of two results (nested tuples and lists) equal to float64 precision."""
+    got, want = tree_leaves(got), tree_leaves(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **CLOSE)
 
 
 def test_preprocess_grad_jacrev_and_vmap():
@@ -62,8 +71,7 @@ def test_meta_lstm_step_vjp_every_input():
         return list(outs) + list(pullback(tuple(cotangents)))
     got, want = both(run)
     assert len(got) == 5 + 15
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, **CLOSE)
+    assert_same(got, want)
 
 
 def test_turtle_step_grad_of_theta_and_weights():
@@ -77,8 +85,7 @@ def test_turtle_step_grad_of_theta_and_weights():
             return (theta_new ** 2).sum() + m_new.sum()
         return grad(f, argnums=(0, 1, 2))(theta, weights, biases)
     got, want = both(loss)
-    for g_, w_ in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
-        torch.testing.assert_close(g_, w_, **CLOSE)
+    assert_same(got, want)
 
 
 def test_second_order_meta_gradient_through_the_gradient_input():
@@ -117,45 +124,40 @@ def test_differentiating_the_backward_is_refused_not_zero(op):
         grad(lambda x: grad(f)(x).sum())(x)
 
 
-def test_turtle_step_vmap_over_tasks():
-    gen = torch.Generator().manual_seed(8)
-    weights, biases = make_net("paper_gm", DT, gen)
-    thetas = torch.randn(3, 7, generator=gen, dtype=DT)
-    grads = torch.randn(3, 7, generator=gen, dtype=DT) * 5
-    _, _, m, alpha = make_state(7, DT, gen)
-
-    def step(mod):
-        return vmap(lambda th, g: mod.turtle_step(th, g, m, 3, alpha, weights, biases, 0.9, 4.0))(
-            thetas, grads)
-    got, want = both(step)
-    for g_, w_ in zip(got, want):
-        torch.testing.assert_close(g_, w_, **CLOSE)
-
-
-def test_turtle_step_vmap_with_batched_weights_and_per_task_gradients():
-    """Batched weights run the op per batch element; vmap(grad) runs the backward per element so
-    that every task gets its own weight gradients."""
+def test_turtle_step_vmap(monkeypatch):
+    """Shared weights: the batch folds into one kernel call; batched weights: the op runs per
+    batch element; vmap(grad): the backward runs per element, so that every task gets its own
+    weight gradients."""
+    per_element = []
+    original = _vmap._per_element
+    monkeypatch.setattr(_vmap, "_per_element",
+                        lambda op, *a: per_element.append(op.__name__) or original(op, *a))
     gen = torch.Generator().manual_seed(9)
     weights, biases = make_net("odd", DT, gen)
     stacked = [torch.stack([w, 1.1 * w, 0.9 * w]) for w in weights]
     thetas = torch.randn(3, 6, generator=gen, dtype=DT)
+    grads = torch.randn(3, 6, generator=gen, dtype=DT) * 5
     _, g, m, alpha = make_state(6, DT, gen)
+
+    def shared_weights(mod):
+        return vmap(lambda th, g: mod.turtle_step(th, g, m, 3, alpha, weights, biases, 0.9, 4.0))(
+            thetas, grads)
+    assert_same(*both(shared_weights))
+    assert per_element == []
 
     def batched_weights(mod):
         return vmap(lambda th, ws: mod.turtle_step(th, g, m, 1, alpha, ws, biases, 0.9, 10.0))(
             thetas, stacked)
-    got, want = both(batched_weights)
-    for g_, w_ in zip(got, want):
-        torch.testing.assert_close(g_, w_, **CLOSE)
+    assert_same(*both(batched_weights))
+    assert per_element == ["turtle_step"]
 
     def per_task_weight_grads(mod):
         def loss(th, ws):
             return mod.turtle_step(th, g, m, 1, alpha, ws, biases, 0.9, 10.0)[0].pow(2).sum()
         return vmap(grad(loss, argnums=1), in_dims=(0, None))(thetas, weights)
     got, want = both(per_task_weight_grads)
-    for g_, w_ in zip(got, want):
-        assert g_.shape == (3, *w_.shape[1:])
-        torch.testing.assert_close(g_, w_, **CLOSE)
+    assert [g_.shape for g_ in got] == [(3, *w.shape) for w in weights]
+    assert_same(got, want)
 
 
 def test_meta_lstm_step_vmap_over_tasks_and_its_gradients():
@@ -173,8 +175,7 @@ def test_meta_lstm_step_vmap_over_tasks_and_its_gradients():
         return (*outs, w_hh_grads)
     got, want = both(step)
     assert got[-1].shape == (3, *rest[3].shape)
-    for g_, w_ in zip(got, want):
-        torch.testing.assert_close(g_, w_, **CLOSE)
+    assert_same(got, want)
 
 
 def test_outside_torch_func_the_cpp_autograd_runs():
