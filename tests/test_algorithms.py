@@ -377,3 +377,16 @@ def test_gate_trace_and_predict_adapted():
     g, = torch.autograd.grad(learner.loss(learner(theta, batch.x_support[1]), batch.y_support[1]), theta)
     torch.testing.assert_close(after[1], learner(theta.detach() - 0.01 * g, grid))
     torch.testing.assert_close(before[0], learner(theta.detach(), grid))
+
+
+def test_turtle_rule_passes_its_layers_in_order_after_load_and_replacement():
+    """TurtleRule hands the op its weights from the ParameterList's dict (rules._in_order), not
+    by iterating the list: the order must stay the list's through load_state_dict, a dtype move
+    and the replacement of an entry."""
+    from learnedopt.rules import TurtleRule, _in_order
+    rule = TurtleRule(hidden_size=4, num_hidden_layers=3)
+    rule.load_state_dict(TurtleRule(hidden_size=4, num_hidden_layers=3).state_dict())
+    rule = rule.double()
+    rule.weights[1] = torch.nn.Parameter(torch.zeros_like(rule.weights[1]))
+    for plist in (rule.weights, rule.biases):
+        assert [id(p) for p in _in_order(plist)] == [id(p) for p in plist]
