@@ -49,6 +49,7 @@ class ParamLayout:
             self.offsets[name] = offset
             offset += math.prod(shape)
         self.numel = offset
+        self._sizes = [math.prod(shape) for _, shape in entries]
 
     def slice(self, name: str) -> slice:
         start = self.offsets[name]
@@ -61,8 +62,11 @@ class ParamLayout:
             raise ValueError(f"expected a flat parameter vector of shape ({self.numel},) or a batch "
                              f"of them (B, {self.numel}), got {tuple(theta.shape)}")
         lead = tuple(theta.shape[:-1])
-        return {name: theta[..., self.slice(name)].view(*lead, *self.shapes[name])
-                for name in self.names}
+        # One split, not a slice per parameter: autograd then records one node whose backward is
+        # a single concatenation, where slices each scatter into a zero tensor of theta's size and
+        # get summed (measured: ~0.3 ms of a 5.5 ms sine TURTLE meta-iteration).
+        parts = theta.split(self._sizes, dim=-1)
+        return {name: part.view(*lead, *self.shapes[name]) for name, part in zip(self.names, parts)}
 
     def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
         """The flat vector of named tensors (one copy, in layout order)."""
