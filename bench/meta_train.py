@@ -46,6 +46,11 @@ CASES = (
     ("Omniglot 5-way 1-shot MAML", "omniglot", "maml", None),
 )
 WAYS, SHOTS, QUERIES = 5, 1, 15
+# Shortest timed sample, in seconds of back-to-back meta-iterations (about ten sine iterations,
+# one Omniglot iteration). Measured on 2 cores: alternating the backends one sine iteration at a
+# time made both ~1 ms slower than either runs alone, the fused one relatively more (sine TURTLE
+# 6.0 / 10.3 ms interleaved vs 4.8 / 8.9 ms alone); blocks after an untimed iteration do not.
+SAMPLE_S = 0.05
 
 
 class SyntheticImageTasks:
@@ -136,7 +141,9 @@ def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_sa
     """Rows per (case, backend) and the data each task family used; ``on_progress(rows,
     data_used)`` runs after every case, so a run stopped by a time limit keeps them. The fused
     and the reference backend of a case are timed interleaved (bench.timing.measure_interleaved),
-    so that their ratio does not depend on when each ran."""
+    so that their ratio does not depend on when each ran: in samples of at least SAMPLE_S of
+    back-to-back meta-iterations, each after one untimed meta-iteration, so that what a switch
+    between the two costs (a training run never switches) stays out of both."""
     rows, data_used = [], {}
     try:
         import learnedopt.algorithms  # noqa: F401
@@ -169,8 +176,8 @@ def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_sa
                              "options": _jsonable(algorithm.options())}
                 gc.collect()
             timings = measure_interleaved(fns, device, budget_s=budget_s * len(fns),
-                                          min_samples=min_samples, min_sample_s=0.0,
-                                          warmup_calls=1)
+                                          min_samples=min_samples, min_sample_s=SAMPLE_S,
+                                          warmup_calls=1, switch_warmup_calls=1)
         except torch.OutOfMemoryError:
             rows += [{**row, "status": "skipped", "reason": "out of device memory"} for row in base]
             continue

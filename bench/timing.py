@@ -8,7 +8,10 @@ receives the call index, so that it can rotate over several pre-allocated input 
 
 ``measure_interleaved`` times several callables that are to be compared by taking their samples
 in turn (A, B, A, B, ...): a change of machine speed during the run (other load, clock changes)
-then shifts all of them alike instead of biasing the ratio.
+then shifts all of them alike instead of biasing the ratio. Switching between two different
+workloads has a cost of its own that neither pays when it runs alone (caches, branch predictors
+and the allocator's free lists hold the other's state): ``switch_warmup_calls`` untimed calls
+after each switch keep it out of the samples.
 """
 
 from __future__ import annotations
@@ -76,9 +79,11 @@ def measure(fn: Callable[[int], object], device: torch.device, budget_s: float =
 
 def measure_interleaved(fns: dict[str, Callable[[int], object]], device: torch.device,
                         budget_s: float = 1.0, min_samples: int = 5, max_samples: int = 2000,
-                        min_sample_s: float = 1e-3, warmup_calls: int = 2) -> dict[str, Timing]:
+                        min_sample_s: float = 1e-3, warmup_calls: int = 2,
+                        switch_warmup_calls: int = 0) -> dict[str, Timing]:
     """Time each ``fns[name](call_index)``, their samples taken in turn; ``budget_s`` is the
-    time spent on samples of all of them together. Warm-up as in :func:`measure` (by calls)."""
+    time spent on samples of all of them together. Warm-up as in :func:`measure` (by calls),
+    plus ``switch_warmup_calls`` untimed calls before every sample."""
     sync = synchronizer(device)
     calls, calls_per_sample = {}, {}
     for name, fn in fns.items():
@@ -96,6 +101,9 @@ def measure_interleaved(fns: dict[str, Callable[[int], object]], device: torch.d
         if taken >= max_samples or (taken >= min_samples and spent >= budget_s):
             break
         for name, fn in fns.items():
+            for _ in range(switch_warmup_calls):
+                fn(calls[name])
+                calls[name] += 1
             elapsed, calls[name] = _sample(fn, calls[name], calls_per_sample[name], sync)
             spent += elapsed
             samples[name].append(elapsed / calls_per_sample[name])

@@ -82,6 +82,16 @@ def test_measure_interleaved_takes_samples_in_turn():
     assert order == ["a", "b"] + ["a", "b"] * 4  # warm-up of each, then alternating samples
 
 
+def test_measure_interleaved_warms_up_after_every_switch():
+    calls = {"a": [], "b": []}
+    timings = measure_interleaved({k: (lambda i, k=k: calls[k].append(i)) for k in calls},
+                                  torch.device("cpu"), budget_s=0.0, min_samples=3,
+                                  min_sample_s=0.0, warmup_calls=1, switch_warmup_calls=2)
+    assert all(t.samples == 3 and t.calls_per_sample == 1 for t in timings.values())
+    # 1 initial warm-up, then per sample 2 untimed + 1 timed calls; indices keep counting.
+    assert calls["a"] == calls["b"] == list(range(1 + 3 * 3))
+
+
 def test_peak_memory_sees_a_freed_tensor():
     with memory.PeakMemory(CPU) as peak:
         x = torch.ones(1 << 20)  # 4 MiB, freed before the block ends
