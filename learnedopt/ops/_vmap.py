@@ -35,13 +35,13 @@ def _to_front(x, dim, batch):
     return (x.movedim(dim, 0) if dim is not None else x.expand(batch, *x.shape)).contiguous()
 
 
-def _fold(op, info, in_dims, args, per_coordinate, coordinate_dims, outputs_per_coordinate):
-    """Runs ``op`` once on the batch folded into the coordinates, if only per-coordinate inputs
-    (positions ``per_coordinate``, each with ``coordinate_dims`` dimensions per coordinate
-    beyond n) are batched; otherwise per element."""
-    shared_batched = any(d is not None for k, d in enumerate(in_dims) if k not in per_coordinate
-                         for d in (d if isinstance(d, (list, tuple)) else [d]))
-    if shared_batched:
+def _fold(op, info, in_dims, args, per_coordinate, coordinate_dims):
+    """Runs a forward op once on the batch folded into the coordinates, if only per-coordinate
+    inputs (positions ``per_coordinate``, each with ``coordinate_dims`` dimensions per coordinate
+    beyond n) are batched; otherwise per element. Every output is per coordinate."""
+    shared_dims = [d for k, dims in enumerate(in_dims) if k not in per_coordinate
+                   for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    if any(d is not None for d in shared_dims):
         return _per_element(op, info, in_dims, args)
     batch = info.batch_size
     args = list(args)
@@ -50,8 +50,7 @@ def _fold(op, info, in_dims, args, per_coordinate, coordinate_dims, outputs_per_
         x = _to_front(args[k], in_dims[k], batch)
         n = x.shape[1]
         args[k] = x.reshape(batch * n, *x.shape[2:]) if extra else x.reshape(-1)
-    out = op(*args)
-    out = tuple(o.view(batch, n, *o.shape[1:]) for o in out[:outputs_per_coordinate])
+    out = tuple(o.view(batch, n, *o.shape[1:]) for o in op(*args))
     return out, (0,) * len(out)
 
 
@@ -72,13 +71,13 @@ def register() -> None:
     def _(info, in_dims, *args):
         # theta, grad (n); h, c (n, H); f_prev, i_prev (n): the loss and weights are shared.
         return _fold(lib.meta_lstm_step, info, in_dims, args, per_coordinate=(0, 1, 3, 4, 5, 6),
-                     coordinate_dims=(0, 0, 1, 1, 0, 0), outputs_per_coordinate=5)
+                     coordinate_dims=(0, 0, 1, 1, 0, 0))
 
     @torch.library.register_vmap("learnedopt::turtle_step")
     def _(info, in_dims, *args):
         # theta, grad, m, alpha (n): the MLP is shared.
         return _fold(lib.turtle_step, info, in_dims, args, per_coordinate=(0, 1, 2, 4),
-                     coordinate_dims=(0, 0, 0, 0), outputs_per_coordinate=2)
+                     coordinate_dims=(0, 0, 0, 0))
 
     for name in ("meta_lstm_step_backward", "turtle_step_backward"):
         op = getattr(lib, name)
