@@ -172,9 +172,12 @@ def test_meta_lstm_step_vmap_over_tasks_and_its_gradients():
         outs = vmap(f, in_dims=(0, 1, None))(thetas, hs, rest[3])
         w_hh_grads = vmap(grad(lambda th, h, w: f(th, h, w)[0].pow(2).sum(), argnums=2),
                           in_dims=(0, 1, None))(thetas, hs, rest[3])
-        return (*outs, w_hh_grads)
+        # A batched loss is shared by the coordinates: this runs per batch element.
+        per_loss = vmap(lambda l: mod.meta_lstm_step(theta, grad_, l, h, c, *rest))(
+            torch.stack([loss, loss * 3, loss / 7]))
+        return (*outs, w_hh_grads, *per_loss)
     got, want = both(step)
-    assert got[-1].shape == (3, *rest[3].shape)
+    assert got[5].shape == (3, *rest[3].shape)  # per-task w_hh gradients
     assert_same(got, want)
 
 
