@@ -44,16 +44,13 @@ class ParamLayout:
             raise ValueError(f"ParamLayout: duplicate parameter names in {self.names}")
         self.shapes = {name: tuple(shape) for name, shape in entries}
         self.offsets: dict[str, int] = {}
+        self._sizes: list[int] = []  # elements per parameter, in order (unflatten's split sizes)
         offset = 0
         for name, shape in entries:
             self.offsets[name] = offset
-            offset += math.prod(shape)
+            self._sizes.append(math.prod(shape))
+            offset += self._sizes[-1]
         self.numel = offset
-        self._sizes = [math.prod(shape) for _, shape in entries]
-
-    def slice(self, name: str) -> slice:
-        start = self.offsets[name]
-        return slice(start, start + math.prod(self.shapes[name]))
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Views of ``theta`` (no copies) shaped as the named parameters; a batch of vectors
