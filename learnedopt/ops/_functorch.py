@@ -101,16 +101,15 @@ class TurtleStep(torch.autograd.Function):
 
     @staticmethod
     def forward(theta, grad, m, t, alpha, layers, *rest):
-        weights, biases, (beta, grad_clamp) = rest[:layers], rest[layers:2 * layers], rest[2 * layers:]
+        weights, biases, (beta, grad_clamp) = _layer_lists(rest, layers)
         return tuple(_below_autograd(torch.ops.learnedopt.turtle_step.default, theta, grad, m, t,
-                                     alpha, list(weights), list(biases), beta, grad_clamp))
+                                     alpha, weights, biases, beta, grad_clamp))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        theta, grad, m, ctx.t, alpha, layers, *rest = inputs
-        ctx.layers = layers
-        ctx.beta, ctx.grad_clamp = rest[2 * layers:]
-        ctx.save_for_backward(theta, grad, m, alpha, *rest[:2 * layers])
+        theta, grad, m, ctx.t, alpha, ctx.layers, *rest = inputs
+        weights, biases, (ctx.beta, ctx.grad_clamp) = _layer_lists(rest, ctx.layers)
+        ctx.save_for_backward(theta, grad, m, alpha, *weights, *biases)
 
     @staticmethod
     def backward(ctx, g_theta, g_m):
@@ -120,6 +119,11 @@ class TurtleStep(torch.autograd.Function):
             ctx.t, alpha, ctx.layers, *params, ctx.beta, ctx.grad_clamp)
         # None for t, the layer count, beta and grad_clamp.
         return (d_theta, d_grad, d_m, None, d_alpha, None, *d_params, None, None)
+
+
+def _layer_lists(flat, layers: int):
+    """(weights, biases, the rest) from L weights, L biases and the rest, as TurtleStep takes them."""
+    return list(flat[:layers]), list(flat[layers:2 * layers]), flat[2 * layers:]
 
 
 # The backward ops with flat tensor results, as _BackwardOp calls them.
@@ -132,8 +136,7 @@ def _meta_lstm_step_backward(*args):
 
 
 def _turtle_step_backward(g_theta, g_m, theta, grad, m, t, alpha, layers, *rest):
-    params, (beta, grad_clamp) = rest[:2 * layers], rest[2 * layers:]
+    weights, biases, (beta, grad_clamp) = _layer_lists(rest, layers)
     d_theta, d_grad, d_m, d_alpha, d_weights, d_biases = torch.ops.learnedopt.turtle_step_backward.default(
-        g_theta, g_m, theta, grad, m, t, alpha, list(params[:layers]), list(params[layers:]), beta,
-        grad_clamp)
+        g_theta, g_m, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
     return (d_theta, d_grad, d_m, d_alpha, *d_weights, *d_biases)

@@ -13,21 +13,18 @@ import torch
 from torch.utils import _pytree as pytree
 
 
-def _select(args, in_dims, b):
-    """The b-th batch element of every batched tensor in ``args`` (a pytree mirrored by in_dims)."""
+def _per_element(op, info, in_dims, args):
+    """Runs ``op`` once per batch element and stacks every output along dim 0. ``args`` and
+    ``in_dims`` are mirrored pytrees (list arguments hold one dim per tensor)."""
     flat, spec = pytree.tree_flatten(list(args))
     dims = pytree.tree_leaves(list(in_dims), is_leaf=lambda d: d is None)
-    flat = [a.select(d, b) if d is not None else a for a, d in zip(flat, dims)]
-    return pytree.tree_unflatten(flat, spec)
-
-
-def _per_element(op, info, in_dims, args):
-    """Runs ``op`` once per batch element and stacks every output along dim 0."""
-    results = [op(*_select(args, in_dims, b)) for b in range(info.batch_size)]
-    flat0, spec = pytree.tree_flatten(results[0])
-    stacked = [torch.stack([pytree.tree_leaves(r)[k] for r in results])
-               for k in range(len(flat0))]
-    return pytree.tree_unflatten(stacked, spec), pytree.tree_unflatten([0] * len(flat0), spec)
+    results = []
+    for b in range(info.batch_size):
+        element = [a.select(d, b) if d is not None else a for a, d in zip(flat, dims)]
+        results.append(pytree.tree_flatten(op(*pytree.tree_unflatten(element, spec))))
+    out_spec = results[0][1]
+    stacked = [torch.stack(column) for column in zip(*(leaves for leaves, _ in results))]
+    return pytree.tree_unflatten(stacked, out_spec), pytree.tree_unflatten([0] * len(stacked), out_spec)
 
 
 def _to_front(x, dim, batch):
