@@ -44,6 +44,9 @@ examples:
       --ways 20 --shots 1 --split vinyals --test-inner-steps 12 --out runs/lstm-20w1s
   # any other algorithm option: --opt key=value (repeatable; values parsed as JSON)
   learnedopt train --algorithm taml --opt penalty_weight=0.5 --out runs/taml
+  # your own model and tasks, by import path (recorded, so eval and --resume rebuild them)
+  learnedopt train --algorithm turtle --model mypkg.nets:resnet12 --model-opt ways=5 \
+      --tasks mypkg.data:tasks --tasks-opt root=data/mini --head fc --out runs/resnet-turtle
   # continue an interrupted run (or extend it with a larger --iterations)
   learnedopt train --algorithm maml --task sine --iterations 40000 --out runs/maml-sine --resume
 
@@ -122,9 +125,15 @@ def _add_runtime(parser: argparse.ArgumentParser) -> None:
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("task")
-    group.add_argument("--task", default="sine", choices=("sine", "omniglot", "images"),
-                       help="sine regression, Omniglot, or an image folder root/<split>/<class>/ "
-                            "such as miniImageNet (default: sine)")
+    group.add_argument("--task", default=None, choices=("sine", "omniglot", "images", "custom"),
+                       help="sine regression, Omniglot, an image folder root/<split>/<class>/ "
+                            "such as miniImageNet, or custom: your own, with --tasks (default: "
+                            "sine, or custom when --tasks is given)")
+    group.add_argument("--tasks", dest="tasks_factory", metavar="MODULE:ATTR",
+                       help="your own task sampler: the import path of a function (or class) "
+                            "that returns it, or of the sampler itself (see learnedopt.tasks)")
+    group.add_argument("--tasks-opt", action="append", type=parse_option, default=[],
+                       metavar="KEY=VALUE", help="keyword argument of the --tasks factory, repeatable")
     group.add_argument("--data-root", help="data directory (omniglot, images)")
     group.add_argument("--ways", type=_positive_int, help="classes per task (omniglot, images)")
     group.add_argument("--shots", type=_positive_int,
@@ -138,6 +147,22 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
 
 
 def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
+    if args.tasks_factory is not None or args.task == "custom":
+        if args.task not in (None, "custom"):
+            raise ValueError(f"--tasks gives your own tasks; it does not combine with --task {args.task}")
+        if args.tasks_factory is None:
+            raise ValueError("--task custom needs --tasks MODULE:ATTR")
+        ignored = [f for f, v in (("--data-root", args.data_root), ("--ways", args.ways),
+                                  ("--shots", args.shots), ("--queries", args.queries),
+                                  ("--split", args.split), ("--image-size", args.image_size))
+                   if v is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} describe the built-in tasks; pass your tasks' "
+                             f"settings with --tasks-opt key=value")
+        return {"name": "custom", "factory": args.tasks_factory, "kwargs": dict(args.tasks_opt)}
+    if args.tasks_opt:
+        raise ValueError("--tasks-opt needs --tasks MODULE:ATTR")
+    args.task = args.task or "sine"
     if args.task == "sine":
         ignored = [flag for flag, value in (("--data-root", args.data_root), ("--ways", args.ways),
                                             ("--split", args.split), ("--image-size", args.image_size))
@@ -174,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "scratch, finetune, baseline++")
     p.add_argument("--out", required=True, help="run directory to create (or resume)")
     _add_task(p)
+    model = p.add_argument_group("your own model (default: the paper's learner for the task)")
+    model.add_argument("--model", dest="model_factory", metavar="MODULE:ATTR",
+                       help="an nn.Module to meta-train: the import path of a function or class "
+                            "that returns it (e.g. mypkg.nets:resnet12)")
+    model.add_argument("--model-opt", action="append", type=parse_option, default=[],
+                       metavar="KEY=VALUE", help="keyword argument of the --model factory, repeatable")
+    model.add_argument("--loss", help="mse, cross_entropy, or MODULE:ATTR of loss_fn(outputs, "
+                                      "targets) (default: after the tasks' kind)")
+    model.add_argument("--head", help="name of the model's final nn.Linear (needed by the "
+                                      "transfer baselines)")
+    model.add_argument("--task-family", choices=("sine", "omniglot", "images"),
+                       help="whose paper defaults the algorithm options take (default: sine for "
+                            "regression, images otherwise)")
+    model.add_argument("--batching", choices=("auto", "vmap", "loop"), default="auto",
+                       help="how a meta-batch of tasks runs through the model (default: auto)")
     algo = p.add_argument_group("algorithm options (defaults: the paper's for the task)")
     algo.add_argument("--inner-steps", type=_non_negative_int, help="inner steps during meta-training")
     algo.add_argument("--test-inner-steps", type=_non_negative_int,
@@ -282,10 +322,26 @@ def _train_config(args: argparse.Namespace):
                                  f"{options[key]} disagree")
             options[key] = value
     return TrainConfig(algorithm=args.algorithm, task=_task_spec(args), out=str(args.out),
-                       options=options, iterations=args.iterations, val_every=args.val_every,
+                       options=options, learner=_learner_spec(args),
+                       iterations=args.iterations, val_every=args.val_every,
                        val_tasks=args.val_tasks, log_every=args.log_every,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                        backend=args.backend, progress=False if args.no_progress else None)
+
+
+def _learner_spec(args: argparse.Namespace) -> dict[str, Any] | None:
+    """A module learner's spec from --model and its flags; None: the paper's learner."""
+    flags = [f for f, v in (("--model-opt", args.model_opt), ("--loss", args.loss),
+                            ("--head", args.head), ("--task-family", args.task_family))
+             if v] + (["--batching"] if args.batching != "auto" else [])
+    if args.model_factory is None:
+        if flags:
+            raise ValueError(f"{', '.join(flags)} describe your own model: give it with --model "
+                             f"MODULE:ATTR")
+        return None
+    return {"name": "module", "factory": args.model_factory, "kwargs": dict(args.model_opt),
+            "loss": args.loss or "auto", "head": args.head, "task_family": args.task_family,
+            "batching": args.batching}
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -67,11 +67,6 @@ def evaluate_tasks(algorithm, sampler, split: str, num_tasks: int, batch_size: i
     return {name: torch.cat(chunks) for name, chunks in collected.items()}
 
 
-def primary_metric(kind: str) -> tuple[str, bool]:
-    """(metric name, higher is better) used for model selection and headline results."""
-    return ("accuracy", True) if kind == "classification" else ("loss", False)
-
-
 def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps: int | None,
              seed: int, batch_size: int) -> dict[str, Any]:
     options = checkpoint["options"]
@@ -105,9 +100,16 @@ def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps:
     }
 
 
-def rebuild_algorithm(checkpoint: dict[str, Any], device: str | torch.device = "cpu"):
-    """The algorithm exactly as checkpointed (learner, options, every meta-parameter)."""
-    learner = experiment.build_learner(checkpoint["learner"])
+def rebuild_algorithm(checkpoint: dict[str, Any], device: str | torch.device = "cpu", *,
+                      model=None, loss=None, metrics=None):
+    """The algorithm exactly as checkpointed (learner, options, every meta-parameter). A user
+    model (and loss / metrics) that the checkpoint could not record as import paths must be
+    handed in again."""
+    if "learner" not in checkpoint:
+        raise ValueError("the checkpoint records no learner spec ('learner'); it cannot be rebuilt")
+    learner = experiment.build_learner(
+        checkpoint["learner"], model=model,
+        **{k: v for k, v in (("loss", loss), ("metrics", metrics)) if v is not None})
     algorithm = experiment.build_algorithm(checkpoint["algorithm"], learner, checkpoint["options"])
     try:
         algorithm.load_state_dict(checkpoint["state_dict"])
@@ -120,9 +122,12 @@ def rebuild_algorithm(checkpoint: dict[str, Any], device: str | torch.device = "
 def evaluate_checkpoint(path: str | os.PathLike, num_tasks: int | None = None,
                         test_steps: int | None = None, split: str = "test", seed: int = 0,
                         batch_size: int = 25, device: str = "cpu", backend: str = "auto",
-                        data_root: str | None = None, command: str | None = None) -> dict[str, Any]:
+                        data_root: str | None = None, command: str | None = None, *,
+                        model=None, tasks=None, loss=None, metrics=None) -> dict[str, Any]:
     """Meta-test the model in a checkpoint; returns the result record (see :func:`write_result`).
-    ``data_root`` replaces the recorded one (a run moved to another machine)."""
+    ``data_root`` replaces the recorded one (a run moved to another machine); ``model``,
+    ``tasks``, ``loss``, ``metrics``: user objects the checkpoint could not record as import
+    paths (see :func:`learnedopt.train.meta_train`)."""
     checkpoint = load_checkpoint(path)
     task_spec = dict(checkpoint.get("task") or {})
     if not task_spec:
@@ -131,11 +136,11 @@ def evaluate_checkpoint(path: str | os.PathLike, num_tasks: int | None = None,
         task_spec["data_root"] = str(data_root)
     num_tasks = default_num_tasks(task_spec["name"]) if num_tasks is None else num_tasks
     with ops.use_backend(backend):
-        sampler = experiment.build_sampler(task_spec, device)
-        algorithm = rebuild_algorithm(checkpoint, device)
+        sampler = experiment.build_sampler(task_spec, device, tasks)
+        algorithm = rebuild_algorithm(checkpoint, device, model=model, loss=loss, metrics=metrics)
         per_task = evaluate_tasks(algorithm, sampler, split, num_tasks, batch_size, seed, test_steps)
         backend_line = ops.describe()
-    metric, higher = primary_metric(sampler.kind)
+    metric, higher = algorithm.learner.primary_metric
     metrics = {name: summarize(values) for name, values in per_task.items()}
     return {
         "format": RESULT_FORMAT,

@@ -7,8 +7,16 @@ Task spec:    {"name": "sine", "shots": 10, "queries": 10}
                "split": "vinyals", "image_size": 28}
               {"name": "images", "data_root": ..., "ways": 5, "shots": 1, "queries": 15,
                "image_size": 84}
-Learner spec: learnedopt.learners' config(), e.g. {"name": "mlp", "sizes": [1, 40, 40, 1]} or
-              {"name": "conv4", "ways": 5, "in_shape": [1, 28, 28], "filters": 64, ...}
+              {"name": "custom", "factory": "mypkg.data:tasks", "kwargs": {...}}   (a user sampler:
+               the factory returns it; "factory": None when it was handed in as a Python object)
+Learner spec: learnedopt.learners' config(), e.g. {"name": "mlp", "sizes": [1, 40, 40, 1]},
+              {"name": "conv4", "ways": 5, "in_shape": [1, 28, 28], "filters": 64, ...} or
+              {"name": "module", "factory": "mypkg.nets:resnet12", "kwargs": {...}, "loss": ...,
+               "head": "fc", ...} (a user nn.Module; "loss": "auto" picks MSE or cross-entropy
+               from the task's kind)
+
+User objects handed in from Python (``model=``, ``tasks=``) take the place of what the specs
+would import; the specs still record their import paths where they have them.
 """
 
 from __future__ import annotations
@@ -17,11 +25,18 @@ from typing import Any
 
 import torch
 
-TASKS = ("sine", "omniglot", "images")
+TASKS = ("sine", "omniglot", "images", "custom")
 
 
-def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu"):
+def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu", tasks=None):
+    """The task sampler of ``spec`` on ``device``; for a "custom" spec, ``tasks`` (a sampler
+    object) or else the one the recorded factory returns."""
     name = spec.get("name")
+    if name == "custom":
+        return _custom_sampler(spec, device, tasks)
+    if tasks is not None:
+        raise ValueError(f"a tasks object was given but the task spec is {name!r}; user tasks "
+                         f"need the spec {{'name': 'custom', ...}}")
     if name == "sine":
         from learnedopt.tasks.sine import SineTasks
         return SineTasks(k_shot=spec.get("shots", 10), k_query=spec.get("queries", 10), device=device)
@@ -38,16 +53,58 @@ def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu"):
     raise ValueError(f"unknown task {name!r}: expected one of {TASKS}")
 
 
+def _custom_sampler(spec: dict[str, Any], device, tasks):
+    from learnedopt import _imports
+    if tasks is None:
+        factory = spec.get("factory")
+        if not factory:
+            raise ValueError("these tasks were handed in as a Python object (no import path was "
+                             "recorded): pass them again (tasks=...), or use an importable "
+                             "factory (--tasks package.module:function)")
+        tasks = _imports.build_from_path(factory, spec.get("kwargs"), "tasks")
+    check_sampler(tasks)
+    if torch.device(tasks.device) != torch.device(device):
+        raise ValueError(f"the tasks are on {tasks.device} but the run is on {device}: make the "
+                         f"sampler produce tensors on {device} (or run with --device {tasks.device})")
+    return tasks
+
+
+def check_sampler(tasks) -> None:
+    """Refuse an object that lacks what the training loop uses of a sampler."""
+    missing = [name for name in ("kind", "device", "sample", "fixed_tasks") if not hasattr(tasks, name)]
+    if missing:
+        raise TypeError(f"the tasks object ({type(tasks).__name__}) lacks {missing}: a sampler "
+                        f"needs kind, device, sample(batch_size, generator) and fixed_tasks(split, "
+                        f"num_tasks, batch_size, seed) (see learnedopt.tasks)")
+
+
+def sampler_config(sampler) -> dict[str, Any]:
+    """What the tasks were, for checkpoints and results ({} when the sampler cannot say)."""
+    config = getattr(sampler, "config", None)
+    return dict(config()) if callable(config) else {}
+
+
 def default_learner_spec(task_spec: dict[str, Any], sampler) -> dict[str, Any]:
     """The paper learner for the task (1-40-40-1 ReLU MLP for sine, Conv4 for images), as the
     config dict :func:`build_learner` takes back."""
     from learnedopt import learners
+    if task_spec.get("name") == "custom":
+        raise ValueError("user tasks have no paper learner: give a model (--model "
+                         "package.module:function, or model=...)")
     return learners.learner_for_task(sampler).config()
 
 
-def build_learner(spec: dict[str, Any]):
+def build_learner(spec: dict[str, Any], sampler=None, model=None, **module_options):
+    """The learner of ``spec``; a module learner's model may be handed in (``model``), and
+    its "auto" loss becomes MSE or cross-entropy after the ``sampler``'s kind."""
     from learnedopt import learners
-    return learners.build_learner(spec)
+    spec = dict(spec)
+    if spec.get("name") == "module" and spec.get("loss", "auto") == "auto":
+        if sampler is None or getattr(sampler, "kind", None) not in ("regression", "classification"):
+            raise ValueError("the model's loss is 'auto' but the tasks are neither regression nor "
+                             "classification: give the loss (--loss, or loss=...)")
+        spec["loss"] = "mse" if sampler.kind == "regression" else "cross_entropy"
+    return learners.build_learner(spec, model=model, **module_options)
 
 
 def check_algorithm_name(name: str) -> None:

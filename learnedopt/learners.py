@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ParamLayout", "BatchNormStats", "Learner", "MLP", "Conv4", "build_learner",
-           "learner_for_task"]
+__all__ = ["ParamLayout", "BatchNormStats", "Learner", "MLP", "Conv4", "ModuleLearner",
+           "from_module", "build_learner", "learner_for_task"]
 
 
 class ParamLayout:
@@ -97,15 +97,60 @@ class BatchNormStats:
 
 
 class Learner:
-    """A functional base-learner: a :class:`ParamLayout`, an initialiser and a forward pass."""
+    """A functional base-learner: a :class:`ParamLayout`, an initialiser and a forward pass.
 
-    kind: str  # "regression" or "classification"
+    The built-in :class:`MLP` and :class:`Conv4` are fast paths written directly in batched
+    torch ops; :func:`from_module` makes a learner of any ``nn.Module`` behind this same interface.
+    """
+
+    kind: str  # "regression" or "classification" (a module learner may name another)
     layout: ParamLayout
     head_names: tuple[str, ...]  # parameters of the output layer (replaced by transfer baselines)
+    training: bool = True  # dropout & co. of a module learner; set by the algorithm's train()/eval()
 
     @property
     def num_params(self) -> int:
         return self.layout.numel
+
+    @property
+    def task_family(self) -> str:
+        """Whose SPEC defaults the algorithms use: "sine", "omniglot" (1 channel) or "images"."""
+        if self.kind == "regression":
+            return "sine"
+        return "omniglot" if self.in_shape[0] == 1 else "images"
+
+    @property
+    def primary_metric(self) -> tuple[str, bool]:
+        """(metric name, higher is better) used for validation, model selection and results."""
+        return ("accuracy", True) if self.kind == "classification" else ("loss", False)
+
+    def train(self, mode: bool = True) -> "Learner":
+        """Train or eval behaviour of the forward (the algorithms forward their own mode)."""
+        self.training = bool(mode)
+        return self
+
+    def check_batch(self, algorithm: str, batch) -> None:
+        """Refuse a TaskBatch whose shapes this learner cannot take (names the tensor)."""
+        if self.kind == "classification":
+            for name in ("y_support", "y_query"):
+                t = getattr(batch, name)
+                if t.dtype != torch.int64 or t.dim() != 2:
+                    raise ValueError(f"{algorithm}: batch.{name} must be int64 labels of shape "
+                                     f"(B, N*K) for classification, got {t.dtype} {tuple(t.shape)}")
+            for name in ("x_support", "x_query"):
+                t = getattr(batch, name)
+                if t.dim() != 5:
+                    raise ValueError(f"{algorithm}: batch.{name} must have shape (B, N*K, C, H, W), "
+                                     f"got {tuple(t.shape)}")
+        else:
+            for name in ("x_support", "y_support", "x_query", "y_query"):
+                t = getattr(batch, name)
+                if t.dim() != 3:
+                    raise ValueError(f"{algorithm}: batch.{name} must have shape (B, K, features) "
+                                     f"for regression, got {tuple(t.shape)}")
+        if not batch.x_support.is_floating_point():
+            raise ValueError(f"{algorithm}: batch.x_support must be floating point, got "
+                             f"{batch.x_support.dtype}")
 
     def config(self) -> dict:
         raise NotImplementedError
@@ -357,15 +402,33 @@ class Conv4(Learner):
         return h.reshape(examples, tasks, self.feature_size).transpose(0, 1)
 
 
-def build_learner(config: dict) -> Learner:
-    """The learner described by ``learner.config()`` (as stored in checkpoints)."""
+def build_learner(config: dict, model=None, **module_options) -> Learner:
+    """The learner described by ``learner.config()`` (as stored in checkpoints). A module
+    learner's ("module") model comes from ``model`` if given, else from its recorded factory;
+    ``module_options`` (loss=, metrics=) replace objects that could not be recorded."""
     config = dict(config)
     name = config.pop("name", None)
     if name == "mlp":
         return MLP(**config)
     if name == "conv4":
         return Conv4(**config)
-    raise ValueError(f"build_learner: unknown learner {name!r} (expected 'mlp' or 'conv4')")
+    if name == "module":
+        from learnedopt.module_learner import build_module_learner
+        return build_module_learner(config, model, **module_options)
+    raise ValueError(f"build_learner: unknown learner {name!r} (expected 'mlp', 'conv4' or 'module')")
+
+
+def from_module(model, **options) -> Learner:
+    """Any ``torch.nn.Module`` as a learner (:class:`learnedopt.module_learner.ModuleLearner`)."""
+    from learnedopt.module_learner import from_module as make
+    return make(model, **options)
+
+
+def __getattr__(name: str):
+    if name == "ModuleLearner":  # defined in its own module, which imports this one
+        from learnedopt.module_learner import ModuleLearner
+        return ModuleLearner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def learner_for_task(sampler, filters: int | None = None, padding: bool = True,

@@ -11,6 +11,9 @@ A run directory holds::
 Resuming (``train(config, resume=True)``) restores the model, the outer optimizer, the iteration,
 the task generator and the torch RNG, so on the CPU a run interrupted and resumed is bitwise the
 run that was never interrupted.
+
+A user's own model and tasks: :func:`meta_train` (``meta_train(model, tasks, algorithm="maml",
+out=...)``), or ``train(config, model=..., tasks=...)`` with the specs of learnedopt.experiment.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,16 +32,17 @@ import torch
 import learnedopt
 from learnedopt import experiment, ops
 from learnedopt.checkpoint import FORMAT, atomic_write_bytes, load_checkpoint, save_checkpoint
-from learnedopt.evaluate import evaluate_tasks, primary_metric, summarize
+from learnedopt.evaluate import evaluate_tasks, summarize
 
 
 @dataclasses.dataclass
 class TrainConfig:
     algorithm: str
-    task: dict[str, Any]                      # experiment.build_sampler spec
+    task: dict[str, Any]                      # experiment.build_sampler spec ("custom": user tasks)
     out: str                                  # run directory
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # over the task defaults
-    learner: dict[str, Any] | None = None     # learner config; None: the paper's for the task
+    learner: dict[str, Any] | None = None     # learner spec ("module": a user nn.Module); None:
+                                              # the paper's learner for the task
     iterations: int = 1000
     val_every: int = 500
     val_tasks: int = 100
@@ -92,16 +97,63 @@ def meta_optimizer(parameters, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, foreach=True)
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
+def train(config: TrainConfig, resume: bool = False, *, model=None, tasks=None, loss=None,
+          metrics=None) -> Path:
     """Meta-train as ``config`` says; returns the run directory. ``resume`` continues the run in
-    ``config.out`` from its last.pt (it may raise ``iterations``, nothing else)."""
+    ``config.out`` from its last.pt (it may raise ``iterations``, nothing else).
+
+    ``model`` (an ``nn.Module`` or a learner) and ``tasks`` (a sampler) stand in for what the
+    learner and task specs would import; ``loss`` / ``metrics`` for a module learner's functions
+    that could not be recorded as import paths. Give them again to resume such a run."""
     config.validate()
     with ops.use_backend(config.backend):
-        return _Trainer(config, resume).run()
+        return _Trainer(config, resume, objects={"model": model, "tasks": tasks, "loss": loss,
+                                                 "metrics": metrics}).run()
+
+
+def meta_train(model, tasks, *, algorithm: str, out: str | os.PathLike, loss=None, metrics=None,
+               head: str | None = None, task_family: str | None = None, batching: str = "auto",
+               model_kwargs: dict[str, Any] | None = None, tasks_kwargs: dict[str, Any] | None = None,
+               options: dict[str, Any] | None = None, resume: bool = False, **run: Any) -> Path:
+    """Meta-train ``algorithm`` on a user's model and tasks; returns the run directory (the same
+    run directory, checkpoints, metrics and resume as ``learnedopt train``).
+
+    ``model``: an ``nn.Module``, a learner (``learnedopt.learners.from_module(...)``), or the import
+    path of a factory ("mypkg.nets:resnet12", called with ``model_kwargs``); ``loss`` (default:
+    MSE or cross-entropy after the tasks' kind), ``metrics``, ``head``, ``task_family``,
+    ``batching``: as :class:`learnedopt.module_learner.ModuleLearner`'s. ``tasks``: a sampler
+    (see learnedopt.tasks) or the import path of a factory (called with ``tasks_kwargs``). With
+    import paths the run directory alone rebuilds everything (``learnedopt eval``, ``--resume``);
+    with objects, pass them again. ``options``: the algorithm's (over the SPEC defaults); ``run``:
+    any other :class:`TrainConfig` field (iterations, val_every, seed, device, backend, ...).
+    """
+    from learnedopt.learners import Learner
+    from learnedopt.module_learner import ModuleLearner
+    model_object = None if isinstance(model, str) else model
+    if isinstance(model_object, Learner):
+        if loss is not None or head is not None:
+            raise ValueError("meta_train: loss= and head= describe an nn.Module; the learner "
+                             "given already has them")
+        learner_spec = model_object.config()
+    else:
+        if model_object is not None and isinstance(loss, str):
+            ModuleLearner(model_object, loss=loss, head=head)  # refuse a bad module before any run
+        learner_spec = {"name": "module", "factory": model if isinstance(model, str) else None,
+                        "kwargs": dict(model_kwargs or {}),
+                        "loss": loss if isinstance(loss, str) else ("auto" if loss is None else None),
+                        "head": head, "task_family": task_family, "batching": batching}
+    task_spec = {"name": "custom", "factory": tasks if isinstance(tasks, str) else None,
+                 "kwargs": dict(tasks_kwargs or {})}
+    config = TrainConfig(algorithm=algorithm, task=task_spec, out=str(out),
+                         options=dict(options or {}), learner=learner_spec, **run)
+    return train(config, resume=resume, model=model_object,
+                 tasks=None if isinstance(tasks, str) else tasks,
+                 loss=None if (loss is None or isinstance(loss, str)) else loss, metrics=metrics)
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, resume: bool):
+    def __init__(self, config: TrainConfig, resume: bool, objects: dict[str, Any] | None = None):
+        objects = objects or {}
         self.config = config
         self.run_dir = Path(config.out)
         self.device = torch.device(config.device)
@@ -119,9 +171,12 @@ class _Trainer:
         experiment.check_algorithm_name(config.algorithm)
         # Initialisation draws from the global RNG: seed it before anything is built.
         torch.manual_seed(config.seed)
-        self.sampler = experiment.build_sampler(config.task, self.device)
-        self.learner_spec = config.learner or experiment.default_learner_spec(config.task, self.sampler)
-        learner = experiment.build_learner(self.learner_spec)
+        self.sampler = experiment.build_sampler(config.task, self.device, objects.get("tasks"))
+        learner = experiment.build_learner(
+            config.learner or experiment.default_learner_spec(config.task, self.sampler),
+            self.sampler, model=objects.get("model"),
+            **{k: objects[k] for k in ("loss", "metrics") if objects.get(k) is not None})
+        self.learner_spec = learner.config()  # complete: a module learner's parameter names too
         self.algorithm = experiment.build_algorithm(config.algorithm, learner, config.options,
                                                     self.sampler).to(self.device)
         trainable = [p for p in self.algorithm.parameters() if p.requires_grad]
@@ -129,7 +184,7 @@ class _Trainer:
         # checkpoints the algorithm, so that eval works on it like on any other.
         self.optimizer = meta_optimizer(trainable, self.algorithm.outer_lr) if trainable else None
         self.generator = torch.Generator(device=self.sampler.device).manual_seed(config.seed)
-        self.metric, self.higher_is_better = primary_metric(self.sampler.kind)
+        self.metric, self.higher_is_better = learner.primary_metric
 
         self.iteration = 0
         self.records: list[dict[str, Any]] = []
@@ -174,7 +229,7 @@ class _Trainer:
             "options": self.algorithm.options(),
             "learner": self.learner_spec,
             "task": self.config.task,
-            "protocol": self.sampler.config(),
+            "protocol": experiment.sampler_config(self.sampler),
             "config": self.config.to_dict(),
             "state_dict": self.algorithm.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},

@@ -11,10 +11,8 @@ import json
 
 
 def task_of(learner) -> str:
-    """The task family whose SPEC defaults apply: "sine", "omniglot" (1 channel) or "images"."""
-    if learner.kind == "regression":
-        return "sine"
-    return "omniglot" if learner.in_shape[0] == 1 else "images"
+    """The task family whose SPEC defaults apply: "sine", "omniglot" or "images"."""
+    return learner.task_family
 
 
 def _convert(algorithm: str, key: str, value, default):

@@ -47,10 +47,18 @@ class MetaAlgorithm(nn.Module):
     def _adopt(self, learner: Learner, options: dict[str, Any]) -> None:
         """Sets ``self.learner`` and ``self._options``: the defaults for the learner's task family
         (and ways), overridden by ``options``. Anything but a Learner is refused."""
+        if isinstance(learner, nn.Module):
+            raise TypeError(f"{self.name}: got an nn.Module ({type(learner).__name__}); wrap it as "
+                            f"a learner first: learnedopt.learners.from_module(model, loss=...)")
         if not isinstance(learner, Learner):
             raise TypeError(f"{self.name}: learner must be a learnedopt.learners.Learner, "
                             f"got {type(learner).__name__}")
         self.learner = learner
+        fixed = getattr(learner, "fixed", None)
+        if isinstance(fixed, nn.Module):
+            # A module learner's frozen parameters and constant buffers: as a child they move with
+            # .to() and are saved in (and restored from) the algorithm's state_dict.
+            self.learner_fixed = fixed
         self._options = _options.resolve(
             self.name, self.option_defaults(_options.task_of(learner), getattr(learner, "ways", None)),
             options)
@@ -58,6 +66,13 @@ class MetaAlgorithm(nn.Module):
     def options(self) -> dict:
         """The options this instance runs with (recorded in checkpoints and result files)."""
         return dict(self._options)
+
+    def train(self, mode: bool = True) -> "MetaAlgorithm":
+        """Also puts the learner's forward in train/eval behaviour (a module learner's dropout)."""
+        super().train(mode)
+        if hasattr(self, "learner"):
+            self.learner.train(mode)
+        return self
 
     @property
     def meta_batch_size(self) -> int:

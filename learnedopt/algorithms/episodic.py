@@ -53,25 +53,7 @@ def check_batch(algorithm: str, learner: Learner, batch: TaskBatch, device: torc
         if t.device != device:
             raise ValueError(f"{algorithm}: batch.{name} is on {t.device} but the algorithm is on "
                              f"{device}; move one of them (batch.to(device) / algorithm.to(device))")
-    if learner.kind == "classification":
-        for name in ("y_support", "y_query"):
-            t = getattr(batch, name)
-            if t.dtype != torch.int64 or t.dim() != 2:
-                raise ValueError(f"{algorithm}: batch.{name} must be int64 labels of shape (B, N*K) "
-                                 f"for classification, got {t.dtype} {tuple(t.shape)}")
-        for name in ("x_support", "x_query"):
-            t = getattr(batch, name)
-            if t.dim() != 5:
-                raise ValueError(f"{algorithm}: batch.{name} must have shape (B, N*K, C, H, W), "
-                                 f"got {tuple(t.shape)}")
-    else:
-        for name in ("x_support", "y_support", "x_query", "y_query"):
-            t = getattr(batch, name)
-            if t.dim() != 3:
-                raise ValueError(f"{algorithm}: batch.{name} must have shape (B, K, features) for "
-                                 f"regression, got {tuple(t.shape)}")
-    if not batch.x_support.is_floating_point():
-        raise ValueError(f"{algorithm}: batch.x_support must be floating point, got {batch.x_support.dtype}")
+    learner.check_batch(algorithm, batch)
 
 
 class EpisodicAlgorithm(MetaAlgorithm):

@@ -95,6 +95,12 @@ class TransferBaseline(MetaAlgorithm):
         req(0 < o["bn_momentum"] <= 1, f"bn_momentum must lie in (0, 1], got {o['bn_momentum']}")
         req(not (self.cosine and self.learner.kind != "classification"),
             "cosine-similarity heads need a classification learner")
+        req(bool(self.learner.head_names),
+            "the transfer baselines replace the learner's output layer: build a module learner "
+            "with from_module(model, head='<name of its final nn.Linear>')")
+        req(self.learner.kind in ("classification", "regression"),
+            f"the transfer baselines need a classification or regression learner, got kind "
+            f"{self.learner.kind!r}")
 
     # ------------------------------------------------------------------ heads
     def _fresh_head(self, classes: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -103,7 +109,7 @@ class TransferBaseline(MetaAlgorithm):
         bound = 1.0 / math.sqrt(fan_in)
         weight = torch.rand(classes, fan_in, generator=generator) * 2 * bound - bound
         bias = torch.rand(classes, generator=generator) * 2 * bound - bound
-        return weight.to(self.theta0.device), bias.to(self.theta0.device)
+        return weight.to(self.theta0), bias.to(self.theta0)  # device and dtype
 
     def _logits(self, head: list[Tensor], features: Tensor) -> Tensor:
         if not (self.cosine and self.classification):
