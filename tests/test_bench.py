@@ -350,3 +350,23 @@ def test_load_json_refuses_other_files(tmp_path):
 def test_an_unknown_device_is_refused_clearly():
     with pytest.raises(SystemExit, match="expected cpu or cuda"):
         bench_ops.main(["--device", "tpu", "--sizes", "1000"])
+
+
+def test_byom_result_file(tmp_path):
+    from bench import byom
+    out = tmp_path / "byom.json"
+    byom.main(["--quick", "--cases", "1", "--algorithms", "turtle,maml", "--resnet-channels",
+               "2,2,2,2", "--budget", "0.01", "--threads", "1", "--out", str(out)])
+    record = json.loads(out.read_text())
+    check_header(record, "byom")
+    check_rows(record["results"])
+    assert record["complete"] is True
+    variants = {(r["part"], r["variant"]) for r in record["results"] if r["status"] == "ok"}
+    assert variants == {("learner", "built-in"), ("learner", "nn.Module"), ("resnet12", "fused"),
+                        ("resnet12", "reference"), ("resnet12", "none")}
+    module_row = next(r for r in record["results"] if r["variant"] == "nn.Module")
+    assert module_row["vs_builtin"] > 0
+    fused_row = next(r for r in record["results"] if r["variant"] == "fused")
+    assert fused_row["speedup_vs_reference"] > 0 and fused_row["peak_bytes"] > 0
+    text = results.render(record)
+    assert "nn.Module vs built-in" in text and "ResNet-12" in text
