@@ -183,7 +183,8 @@ def test_same_seed_same_tasks_and_fixed_tasks_independent_of_batch_size():
         assert len(set(classes.tolist())) == 3
         assert all(len(set(classes[y == label].tolist())) == 1 for label in range(3))
     orders = {tuple(x[::2, 0].round().long().tolist()) for x in tasks.sample(32, g).x_support}
-    assert len(orders) > 10  # not always the same classes in the same order
+    assert len(orders) > 10  # not always the same classes
+    assert any(list(o) != sorted(o) for o in orders)  # label 0 is not always the smallest class
 
 
 def test_class_split_of_one_dataset():
