@@ -37,9 +37,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"ImageFolderDataset: {root} does not exist or is not a folder")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"ImageFolderDataset: image_size must be an int >= 1, got {image_size!r}")
-        # A bare folder of classes is decoded as the split named after it, of its parent.
-        data_root, split_name, folder = (root.parent, root.name, root) if split is None else \
-            (root, split, None)
+        # A bare folder of classes is decoded as the split named after it, of its parent
+        # (resolved, so that "." has a name).
+        folder = root.resolve() if split is None else None
+        data_root, split_name = (folder.parent, folder.name) if split is None else (root, split)
         if cache_dir is None and use_cache:
             # The cache folder's name starts with ".", so the class listing skips it.
             cache_dir = default_cache_dir(root)
