@@ -62,20 +62,12 @@ def _custom_sampler(spec: dict[str, Any], device, tasks):
                              "recorded): pass them again (tasks=...), or use an importable "
                              "factory (--tasks package.module:function)")
         tasks = _imports.build_from_path(factory, spec.get("kwargs"), "tasks")
-    check_sampler(tasks)
+    from learnedopt.tasks.sampler_check import check_sampler
+    check_sampler(tasks)  # draws a few tasks: a broken sampler fails here, named, not mid-run
     if torch.device(tasks.device) != torch.device(device):
         raise ValueError(f"the tasks are on {tasks.device} but the run is on {device}: make the "
                          f"sampler produce tensors on {device} (or run with --device {tasks.device})")
     return tasks
-
-
-def check_sampler(tasks) -> None:
-    """Refuse an object that lacks what the training loop uses of a sampler."""
-    missing = [name for name in ("kind", "device", "sample", "fixed_tasks") if not hasattr(tasks, name)]
-    if missing:
-        raise TypeError(f"the tasks object ({type(tasks).__name__}) lacks {missing}: a sampler "
-                        f"needs kind, device, sample(batch_size, generator) and fixed_tasks(split, "
-                        f"num_tasks, batch_size, seed) (see learnedopt.tasks)")
 
 
 def sampler_config(sampler) -> dict[str, Any]:

@@ -124,3 +124,36 @@ def test_cli_errors_name_the_problem(tmp_path, capsys, argv, message):
                  "--no-progress", *argv])
     assert code == 1
     assert message in capsys.readouterr().err
+
+
+def _feature_dataset(classes: int = 9, per_class: int = 6):
+    """A map-style data set of (feature vector, class) pairs: class c's vectors cluster at c."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(classes * per_class, 6, generator=g) * 0.3
+    y = torch.arange(classes).repeat_interleave(per_class)
+    x[:, 0] += y.float()
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def test_dataset_episodes_and_custom_tasks_with_a_user_model(tmp_path):
+    from learnedopt.tasks import CustomTasks, EpisodeTasks
+    episodes = EpisodeTasks.from_class_split(_feature_dataset(), val_classes=3, test_classes=3,
+                                             ways=3, shots=1, queries=2)
+    torch.manual_seed(0)
+    run = meta_train(user_models.RichNet(), episodes, algorithm="turtle", out=tmp_path / "episodes",
+                     head="out", options={"meta_batch_size": 2, "inner_steps": 2}, **RUN)
+    assert load_checkpoint(run / "best.pt")["learner"]["loss"] == "cross_entropy"  # "auto"
+
+    class Shifts(CustomTasks):
+        """Regression by hand, one task at a time: y = x + shift."""
+        kind, num_classes = "regression", 0
+
+        def draw_task(self, generator, split):
+            shift = torch.rand((), generator=generator) * 2 - 1
+            x = torch.rand(8, 1, generator=generator)
+            return x[:4], x[:4] + shift, x[4:], x[4:] + shift
+
+    run = meta_train(user_models.sine_mlp(), Shifts(), algorithm="metasgd",
+                     out=tmp_path / "custom", options={"meta_batch_size": 2}, **RUN)
+    records = [r for r in load_metrics(run) if r["split"] == "val"]
+    assert len(records) == 2 and all(r["loss"] > 0 for r in records)
