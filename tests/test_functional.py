@@ -291,6 +291,24 @@ def test_update_is_a_pure_function(kind):
     assert state.step == 0 and state1.step == state2.step == 1
 
 
+@pytest.mark.parametrize("kind", ["sgd", "metasgd", "metalstm", "turtle"])
+def test_the_state_fixes_the_order_whatever_the_dicts_order(kind):
+    """Tensors of equal shapes under swapped names would pass any shape check: the names decide."""
+    torch.manual_seed(0)
+    params = {"a": torch.randn(4, requires_grad=True), "b": torch.randn(4, requires_grad=True)}
+    grads = {"a": torch.randn(4), "b": torch.randn(4)}
+    opt = GRADCHECK_OPTIMIZERS[kind](params)
+    state = opt.init(params)
+    with torch.no_grad():
+        in_order, _ = opt.update(params, grads, state, loss=torch.tensor(0.5))
+        swapped, _ = opt.update({"b": params["b"], "a": params["a"]}, {"b": grads["b"], "a": grads["a"]},
+                                state, loss=torch.tensor(0.5))
+    assert list(in_order) == ["a", "b"]
+    for k in params:
+        assert torch.equal(in_order[k], swapped[k]), k
+    assert not torch.equal(in_order["a"], in_order["b"])
+
+
 # -- meta-parameters from rule files and checkpoints ----------------------------------------------
 
 @pytest.mark.parametrize("name,cls", [("turtle-sine", LF.Turtle), ("metalstm-sine", LF.MetaLSTM),
