@@ -190,6 +190,9 @@ class FunctionalOptimizer(nn.Module):
         The result's tensors are views of one flat tensor, in ``state``'s layout order; pass them
         back (in a dict, any order) to the next update to spare their concatenation.
         ``loss`` is read by the meta-learner LSTM's preprocessed-input rule (required there).
+        The step is differentiable in everything it is given: for second order pass gradients
+        made with ``create_graph=True``; for first order, gradients made without and
+        ``loss.detach()`` (what :meth:`step` does).
         """
         where = self._where("update")
         return self._update(where, self._check_state_and_params(where, params, state), grads,
@@ -426,6 +429,10 @@ class MetaLSTM(FunctionalOptimizer):
             loss = torch.tensor(float(loss), dtype=theta.dtype, device=theta.device)
         else:
             raise TypeError(f"{where}: loss must be a tensor or a number, got {type(loss).__name__}")
+        if state.buffers["h"].shape[1] != self.rule.hidden_size:
+            raise ValueError(f"{where}: this state was made for a rule of hidden size "
+                             f"{state.buffers['h'].shape[1]}, this optimizer's has "
+                             f"{self.rule.hidden_size}")
         theta_new, new = self.rule(theta, grad, loss, MetaLSTMState(**state.buffers))
         return theta_new, new._asdict()
 

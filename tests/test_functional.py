@@ -436,6 +436,8 @@ def test_other_bad_input_is_refused_clearly():
     with pytest.raises(ValueError, match=r"'rule.w_ih' is torch.float32 on cpu but the parameters are "
                                          r"torch.float64"):
         lstm.init({k: v.double() for k, v in params.items()})
+    with pytest.raises(ValueError, match="made for a rule of hidden size 2, this optimizer's has 20"):
+        lstm.update(params, grads, LF.MetaLSTM(MetaLSTMRule(hidden_size=2)).init(params), loss=1.0)
     with pytest.raises(TypeError, match="rule must be a learnedopt.rules.MetaLSTMRule"):
         LF.MetaLSTM(TurtleRule())
     with pytest.raises(TypeError, match="rule must be a learnedopt.rules.TurtleRule"):
