@@ -2,7 +2,8 @@
 
 ``learnedopt.ops`` holds the fused ops and their backend choice, ``learnedopt.reference`` their
 pure-PyTorch twins. ``python -m learnedopt`` (or ``learnedopt info``) prints which kernels this
-build has.
+build has. "SPEC §N" in the docstrings is section N of docs/SPEC.md in the repository, the math
+every algorithm implements.
 """
 
 from learnedopt import ops, reference
