@@ -41,6 +41,10 @@ KIND_OF_ALGORITHM = {"metalstm": "metalstm", "metalstm++": "metalstm", "enhanced
                      "turtle": "turtle", "metasgd": "metasgd"}
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 ALPHA_STATISTICS = ("mean", "median")
+RULE_CLASSES = {"metalstm": MetaLSTMRule, "turtle": TurtleRule}
+# Learner specs (checkpoint["learner"]["name"]) whose parameter names and shapes are known.
+BUILTIN_LEARNERS = ("mlp", "conv4")
+MODULE_LEARNER = "module"
 
 
 class PretrainedError(ValueError):
@@ -89,7 +93,8 @@ def load_rule(path_or_name: str | os.PathLike) -> dict[str, Any]:
 
 
 def validate_rule(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check a rule file's keys, kind and tensors; building the rule checks every shape."""
+    """Check a whole rule dict before anything is built from it (see the module docstring);
+    raises :class:`PretrainedError` naming the first problem. Returns ``data`` unchanged."""
     missing = [k for k in ("kind", "config", "state_dict") if k not in data]
     if missing:
         raise PretrainedError(f"{source!r} lacks the keys {missing}")
@@ -106,18 +111,82 @@ def validate_rule(data: dict[str, Any], source: str) -> dict[str, Any]:
             raise PretrainedError(f"{source!r}: a {kind} rule needs 'alpha' with finite "
                                   f"{ALPHA_STATISTICS} of the learned step sizes")
     max_t = data.get("max_t")
-    if max_t is not None and (not isinstance(max_t, int) or max_t < 1):
+    if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 1):
         raise PretrainedError(f"{source!r}: 'max_t' must be an int >= 1 or None, got {max_t!r}")
-    build_rule(data, source)  # raises on a config/state_dict mismatch
+    _check_weights(data, source)
+    _check_alpha_by_name(data, source)
     return data
 
 
+def _check_weights(data: dict[str, Any], source: str) -> None:
+    """The config's options in range, then each weight as the config implies: same names,
+    floating dtype, same shape, all finite (a NaN or Inf weight would make every update NaN)."""
+    kind, config, state = data["kind"], data["config"], data["state_dict"]
+    if kind == "metasgd":
+        if config or state:
+            raise PretrainedError(f"{source!r}: a metasgd rule has no config or weights (Meta-SGD "
+                                  f"learns only step sizes), got config {config} and weights "
+                                  f"{sorted(state)}")
+        return
+    cls = RULE_CLASSES[kind]
+    try:
+        cls.check_config(**config)
+    except (TypeError, ValueError) as exc:
+        raise PretrainedError(f"{source!r}: bad {kind} config {config}: {exc}") from None
+    with torch.device("meta"):  # the shapes the config implies, without allocating them
+        expected = {name: tuple(t.shape) for name, t in cls(**config).state_dict().items()}
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        raise PretrainedError(f"{source!r}: the {kind} weights do not match its config {config}: "
+                              f"missing {missing}, unexpected {unexpected}")
+    for name, shape in expected.items():
+        t = state[name]
+        if not isinstance(t, Tensor) or t.layout != torch.strided or not t.is_floating_point():
+            what = (f"a {t.dtype} {t.layout} tensor" if isinstance(t, Tensor)
+                    else type(t).__name__)
+            raise PretrainedError(f"{source!r}: weight {name!r} must be a dense floating-point "
+                                  f"tensor, got {what}")
+        if tuple(t.shape) != shape:
+            raise PretrainedError(f"{source!r}: the {kind} weights do not match its config "
+                                  f"{config}: {name!r} has shape {tuple(t.shape)}, expected {shape}")
+        _require_finite(t, f"weight {name!r}", source)
+
+
+def _check_alpha_by_name(data: dict[str, Any], source: str) -> None:
+    by_name = data.get("alpha_by_name")
+    if by_name is None:
+        return
+    if data["kind"] == "metalstm":
+        raise PretrainedError(f"{source!r}: a metalstm rule has no step sizes, but the file has "
+                              f"'alpha_by_name'")
+    if not isinstance(by_name, dict) or not by_name or not all(
+            isinstance(k, str) and isinstance(v, Tensor) and v.is_floating_point()
+            for k, v in by_name.items()):
+        raise PretrainedError(f"{source!r}: 'alpha_by_name' must map parameter names to "
+                              f"floating-point tensors")
+    for name, values in by_name.items():
+        _require_finite(values, f"the step sizes of {name!r}", source)
+    numel = sum(v.numel() for v in by_name.values())
+    if numel != data["alpha"].get("numel", numel):
+        raise PretrainedError(f"{source!r}: 'alpha_by_name' holds {numel} step sizes but the "
+                              f"summary 'alpha' counts {data['alpha']['numel']}")
+
+
+def _require_finite(t: Tensor, what: str, source: str) -> None:
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise PretrainedError(f"{source!r}: {what} has {bad} non-finite (NaN or Inf) entries of "
+                              f"{t.numel()}; refusing a rule whose updates would be non-finite")
+
+
 def build_rule(data: dict[str, Any], source: str = "rule file") -> nn.Module | None:
-    """The rule module a validated rule dict describes (None for Meta-SGD, which has none)."""
+    """The rule module a validated rule dict (:func:`validate_rule`) describes (None for
+    Meta-SGD, which has none)."""
     kind = data["kind"]
     if kind == "metasgd":
         return None
-    cls = MetaLSTMRule if kind == "metalstm" else TurtleRule
+    cls = RULE_CLASSES[kind]
     try:
         rule = cls(**data["config"])
     except (TypeError, ValueError) as exc:
