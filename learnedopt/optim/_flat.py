@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from learnedopt.optim import pretrained
+from learnedopt.optim._state import OptimizerState
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _grad_of = operator.attrgetter("grad")
@@ -69,9 +70,13 @@ class FlatGroup:
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """Per-parameter views of a flat per-coordinate buffer (trailing dims are kept)."""
-        trailing = flat.shape[1:]
-        return [flat[a:b].view(*shape, *trailing)
-                for a, b, shape in zip(self.bounds, self.bounds[1:], self.shapes)]
+        return [self.view(flat, k) for k in range(len(self.shapes))]
+
+    def view(self, flat: Tensor, k: int) -> Tensor:
+        """Parameter ``k``'s view of a flat per-coordinate buffer, shaped ``p.shape + trailing``
+        (a 0-dim parameter, such as a learnable temperature, gets a 0-dim view)."""
+        # The shape goes in as one tuple: view(*()) would be view() with no size at all.
+        return flat[self.bounds[k]:self.bounds[k + 1]].view((*self.shapes[k], *flat.shape[1:]))
 
     def new_state(self, *trailing: int, fill: float = 0.0) -> Tensor:
         return torch.full((self.numel, *trailing), fill, dtype=self.dtype, device=self.device)
@@ -237,6 +242,9 @@ class FlatOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable, defaults: dict[str, Any]):
         self._flat: list[FlatGroup] = []
         super().__init__(params, defaults)
+        # torch.optim's per-parameter state, as views of the flat buffers (replaces the empty
+        # defaultdict torch.optim.Optimizer.__init__ made): opt.state[p]["m"], ...
+        self.state = OptimizerState(self)
 
     def _where(self, index: int) -> str:
         return f"{type(self).__name__} param group {index}"

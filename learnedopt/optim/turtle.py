@@ -34,24 +34,26 @@ class TurtleOptimizer(FlatOptimizer):
     that was skipped (no gradient) keeps its m while the group's t advances, and one whose first
     gradient comes after the group's first step starts its average from m = 0, not from g.
 
-    Per-coordinate state, in :meth:`state_dict` per parameter: ``m`` and ``alpha`` (shape
-    ``p.shape``), plus ``step`` (the group's t).
+    Per-coordinate state, in ``opt.state[p]`` and :meth:`state_dict` per parameter: ``m`` and
+    ``alpha`` (shape ``p.shape``), plus ``step`` (the group's t).
 
     Args:
         params: parameters or param groups (per-group options: ``lr``, ``alpha``, ``grad_clamp``,
-            ``max_t``).
+            ``max_t``, ``momentum``), or ``model.named_parameters()``.
         rule: the :class:`~learnedopt.rules.TurtleRule` (default: freshly initialised, untrained).
         lr: scale of the update.
         alpha: initial per-coordinate step size of the group's coordinates.
         grad_clamp: clamp the gradient to +-grad_clamp before the rule sees it (default: the
             rule's own setting; the authors clamp at 10).
         max_t: largest step index fed to g_phi (None: no cap).
+        momentum: beta of the moving average m in [0, 1] (None: the rule's beta).
     """
 
     KIND = "turtle"
 
     def __init__(self, params: Iterable, rule: TurtleRule | None = None, lr: float = 1.0,
-                 alpha: float = 0.5, grad_clamp: float | None = None, max_t: int | None = None):
+                 alpha: float = 0.5, grad_clamp: float | None = None, max_t: int | None = None,
+                 momentum: float | None = None):
         rule = TurtleRule() if rule is None else rule
         if not isinstance(rule, TurtleRule):
             raise TypeError(f"TurtleOptimizer: rule must be a learnedopt.rules.TurtleRule, got "
@@ -59,7 +61,7 @@ class TurtleOptimizer(FlatOptimizer):
         self.rule = rule
         self._weights = RuleTensors(lambda: [*rule.weights, *rule.biases])
         super().__init__(params, {"lr": lr, "alpha": alpha, "grad_clamp": grad_clamp,
-                                  "max_t": max_t})
+                                  "max_t": max_t, "momentum": momentum})
 
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         super()._check_group(group, where)
@@ -72,6 +74,18 @@ class TurtleOptimizer(FlatOptimizer):
         max_t = group["max_t"]
         if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 1):
             raise ValueError(f"{where}: max_t must be an int >= 1 or None, got {max_t!r}")
+        self._beta(group, where)
+
+    def _beta(self, group: dict[str, Any], where: str) -> float:
+        """The group's beta: its ``momentum`` (which a scheduler may have set), else the rule's."""
+        momentum = group["momentum"]
+        if momentum is None:
+            return self.rule.beta
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not (
+                0.0 <= momentum <= 1.0):
+            raise ValueError(f"{where}: momentum (TURTLE's beta) must lie in [0, 1] or be None "
+                             f"(the rule's beta), got {momentum!r}")
+        return float(momentum)
 
     def _init_state(self, flat: FlatGroup, group: dict[str, Any]) -> None:
         flat.state = {"m": flat.new_state(), "alpha": flat.new_state(fill=float(group["alpha"]))}
@@ -84,8 +98,9 @@ class TurtleOptimizer(FlatOptimizer):
         tensors = self._weights.get(flat.device, flat.dtype)
         layers = len(rule.weights)
         s = flat.state
+        beta = self._beta(group, flat.where)
         theta, m = ops.turtle_step(flat.param, flat.grad, s["m"], t, s["alpha"],
-                                   tensors[:layers], tensors[layers:], rule.beta, clamp)
+                                   tensors[:layers], tensors[layers:], beta, clamp)
         flat.state = {"m": flat.keep_skipped(m, s["m"]), "alpha": s["alpha"]}
         flat.apply_update(theta, group["lr"])
 
