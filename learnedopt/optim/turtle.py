@@ -24,9 +24,17 @@ class TurtleOptimizer(FlatOptimizer):
 
     ``lr`` (default 1: the meta-learned update) scales ``alpha * u``; schedulers act on it.
     ``alpha`` is a per-coordinate step size: meta-training learns one per coordinate of the
-    meta-training learner, which does not exist in a new model, so every coordinate of a group
-    starts at the group's scalar ``alpha`` (``from_pretrained`` uses the median of the learned
-    ones) and stays there (the optimizer does not learn it).
+    meta-training learner. For that model, ``from_pretrained(..., model.named_parameters())``
+    starts each coordinate at its learned value (found by parameter name); a new model has no
+    such values, so every coordinate of a group starts at the group's scalar ``alpha``
+    (``from_pretrained`` uses the median of the learned ones). Either way it stays there (the
+    optimizer does not learn it); ``opt.state[p]["alpha"]`` reads or sets it per coordinate.
+
+    ``momentum`` is the beta of the moving average above (None, the default: the rule's own beta,
+    the value g_phi was meta-trained with). It is a per-group option under torch.optim's name so
+    that schedulers which cycle momentum (``OneCycleLR``, ``CyclicLR`` with ``cycle_momentum=True``,
+    their default) work; they move beta away from the meta-trained value (OneCycleLR: between 0.85
+    and 0.95), so pass ``cycle_momentum=False`` to keep the rule as it was meta-trained.
 
     ``t`` is the number of steps the group has taken. g_phi saw only t < T during meta-training
     (T inner steps), so ``max_t`` caps the t it is fed (``from_pretrained`` sets T - 1 when the
