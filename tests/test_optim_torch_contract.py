@@ -173,6 +173,9 @@ def test_state_refuses_what_it_cannot_do_clearly():
         opt.state[w]["m"] = torch.zeros(4, 3)
     with pytest.raises(TypeError, match="'step' is the step count of the whole param group"):
         opt.state[w]["step"] = torch.tensor(5.0)
+    for state in opt.state.values():  # the idiom that moves optimizer state to a device
+        for name, value in state.items():
+            state[name] = value.to("cpu")  # "step" included: its own value is accepted
     with pytest.raises(TypeError, match="cannot be removed"):
         del opt.state[w]["m"]
     with pytest.raises(TypeError, match="cannot be removed"):

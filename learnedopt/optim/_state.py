@@ -12,8 +12,9 @@ looks up the group's current buffer and returns parameter ``p``'s view of it. Wh
   (``opt.state[p]["m"] = t``, copied into the buffer) act on the next step.
 - A tensor taken out of it is a view of the buffer *of that moment*: after the next step it still
   holds the old values (the buffer was replaced), so read it again after each step.
-- Entries cannot be removed and ``"step"`` cannot be assigned (it is shared by the whole group:
-  use ``load_state_dict``); parameters the optimizer does not hold are a ``KeyError``.
+- Entries cannot be removed and ``"step"`` cannot be changed (it is shared by the whole group:
+  use ``load_state_dict``; writing back its current value is allowed); parameters the optimizer
+  does not hold are a ``KeyError``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class ParamState(MutableMapping):
     def __setitem__(self, name: str, value: Any) -> None:
         where = f"{self._flat.where}: state of parameter {self._k}"
         if name == STEP:
+            if _same_number(value, self._flat.step):
+                return  # writing back what was read (state[p] = dict(state[p])) changes nothing
             raise TypeError(f"{where}: 'step' is the step count of the whole param group (TURTLE's "
                             f"t); it cannot be set for one parameter (restore it with "
                             f"load_state_dict)")
@@ -108,8 +111,6 @@ class OptimizerState(MutableMapping):
             raise TypeError(f"{type(self._optimizer).__name__}.state[p] must be set to a dict of "
                             f"tensors, got {type(entries).__name__}")
         for name, value in dict(entries).items():
-            if name == STEP and isinstance(value, Tensor) and float(value) == float(target[STEP]):
-                continue  # writing back what was read (state[p] = dict(state[p])) is harmless
             target[name] = value
 
     def __delitem__(self, param: Any) -> None:
@@ -127,6 +128,13 @@ class OptimizerState(MutableMapping):
 
     def __repr__(self) -> str:
         return f"{type(self._optimizer).__name__}.state ({len(self)} parameters)"
+
+
+def _same_number(value: Any, number: int) -> bool:
+    try:
+        return float(value) == number  # a 1-element tensor or a Python number
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def _describe(param: Any) -> str:
