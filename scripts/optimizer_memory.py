@@ -20,6 +20,10 @@ the next step); a ``StepLR`` scheduler; and, every 100 steps, reading ``opt.stat
 ``opt.state_dict()``.
 
     python3 scripts/optimizer_memory.py --out results/reliability/optimizer_memory.json
+
+``--leak-kib N`` keeps N KiB alive per step (a cache that never empties) to check that the
+measurement sees a leak; run it in a fresh process, as the tests do: in a process that has
+already freed much memory the allocator reuses those pages and RSS need not grow.
 """
 
 from __future__ import annotations
@@ -140,6 +144,15 @@ def measure(cls: type, steps: int, warmup: int, sample_every: int,
             "final_loss": float(loss.detach()), "samples": samples}
 
 
+def leaky_hook(kib: int) -> Callable:
+    """A step post-hook that keeps ``kib`` KiB alive per step: a leak for the measurement to see."""
+    kept = []
+
+    def hook(optimizer, args, kwargs):
+        kept.append(torch.ones(kib * 256))  # float32: 256 per KiB
+    return hook
+
+
 def passes(result: dict, max_growth: float) -> bool:
     return (result["rss_growth_fraction"] < max_growth and result["python_objects_growth"] <= 0
             and result["tensors_growth"] <= 0)
@@ -154,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest allowed RSS growth after warm-up, as a fraction (0.01: 1%%)")
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     parser.add_argument("--out", type=Path, help="write the JSON record here")
+    parser.add_argument("--leak-kib", type=int, default=0,
+                        help="(checks the measurement) keep this many KiB alive per step")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread: no per-thread allocator arenas appearing mid-run
     record = run_header("optimizer_memory", torch.device("cpu"), argv)
@@ -162,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     record.update(schema="learnedopt-reliability/1", max_growth=args.max_growth, results=[])
     ok = True
     for name in args.optimizers:
-        result = measure(OPTIMIZERS[name], args.steps, args.warmup, args.sample_every)
+        result = measure(OPTIMIZERS[name], args.steps, args.warmup, args.sample_every,
+                         step_hook=leaky_hook(args.leak_kib) if args.leak_kib else None)
         result["passed"] = passes(result, args.max_growth)
         ok &= result["passed"]
         record["results"].append(result)
