@@ -1,4 +1,4 @@
-"""The ``learnedopt`` command: train, eval, plot, info and a one-command demo.
+"""The ``learnedopt`` command: train, eval, plot, export-rule, info and a one-command demo.
 
 Each subcommand is a thin layer over the library: ``train`` builds a
 :class:`learnedopt.train.TrainConfig`, ``eval`` calls
@@ -283,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("results", nargs="+", help="result files written by 'learnedopt eval --out'")
     q.add_argument("--out", required=True, help="PNG file to write")
 
+    # ---- export-rule ----
+    p = sub.add_parser("export-rule", help="write the rule file of a checkpoint for the drop-in "
+                                            "optimizers (learnedopt.optim)",
+                       description="Write what transfers from a meta-training checkpoint (the "
+                                   "learned rule, its step sizes: per parameter when the learner "
+                                   "names them) to a rule file for LSTMOptimizer / "
+                                   "TurtleOptimizer / MetaSGD.from_pretrained. The same as "
+                                   "'python -m learnedopt.optim export-rule'.")
+    p.add_argument("checkpoint", help="a .pt written by 'learnedopt train' (best.pt, last.pt)")
+    p.add_argument("out", help="the rule file to write (.pt)")
+
     # ---- info ----
     sub.add_parser("info", help="versions, fused-kernel backends and devices",
                    description="Print the learnedopt and torch versions, which fused kernels this "
@@ -383,6 +394,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_rule(args: argparse.Namespace) -> int:
+    from learnedopt.optim.pretrained import describe_rule, export_rule
+    print(f"wrote {args.out}: {describe_rule(export_rule(args.checkpoint, args.out))}")
+    return 0
+
+
 def info_text() -> str:
     import learnedopt
     from learnedopt import ops
@@ -434,7 +451,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "info": cmd_info,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "export-rule": cmd_export_rule}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,12 +10,16 @@ LSTM's per-coordinate state) live outside the rule.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import numbers
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from learnedopt import ops
+from learnedopt.ops.meta_lstm import MAX_HIDDEN as LSTM_MAX_HIDDEN
+from learnedopt.ops.turtle import MAX_LAYERS as TURTLE_MAX_LAYERS
+from learnedopt.ops.turtle import MAX_WIDTH as TURTLE_MAX_WIDTH
 
 
 class MetaLSTMState(NamedTuple):
@@ -38,9 +42,8 @@ class MetaLSTMRule(nn.Module):
     def __init__(self, input_size: int = 4, hidden_size: int = 20, p: float = 10.0,
                  log_eps: float = 0.0, strict: bool = False):
         super().__init__()
-        if input_size not in (1, 4):
-            raise ValueError(f"MetaLSTMRule: input_size must be 4 (preprocessed [loss, grad]) or 1 "
-                             f"(raw gradient), got {input_size}")
+        self.check_config(input_size=input_size, hidden_size=hidden_size, p=p, log_eps=log_eps,
+                          strict=strict)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.p, self.log_eps, self.strict = p, log_eps, strict
         cell = nn.LSTMCell(input_size, hidden_size)
@@ -54,6 +57,23 @@ class MetaLSTMRule(nn.Module):
     def config(self) -> dict:
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "p": self.p,
                 "log_eps": self.log_eps, "strict": self.strict}
+
+    @staticmethod
+    def check_config(*, input_size: Any, hidden_size: Any, p: Any, log_eps: Any, strict: Any
+                     ) -> None:
+        """Raise (TypeError / ValueError naming the option) unless every option is one the
+        meta_lstm_step op runs; checked before anything is allocated."""
+        where = "MetaLSTMRule"
+        _require_int(where, "input_size", input_size, 1, 4)
+        if input_size not in (1, 4):
+            raise ValueError(f"{where}: input_size must be 4 (preprocessed [loss, grad]) or 1 "
+                             f"(raw gradient), got {input_size}")
+        _require_int(where, "hidden_size", hidden_size, 1, LSTM_MAX_HIDDEN)
+        _require_real(where, "p", p, lambda v: v > 0 and math.isfinite(v), "finite and > 0")
+        _require_real(where, "log_eps", log_eps, lambda v: v >= 0 and math.isfinite(v),
+                      "finite and >= 0")
+        if not isinstance(strict, bool):
+            raise TypeError(f"{where}: strict must be a bool, got {strict!r}")
 
     def init_state(self, theta: Tensor) -> MetaLSTMState:
         n = theta.shape[0]
@@ -82,6 +102,8 @@ class TurtleRule(nn.Module):
     def __init__(self, hidden_size: int = 20, num_hidden_layers: int = 5, use_t: bool = True,
                  beta: float = 0.9, grad_clamp: float = math.inf):
         super().__init__()
+        self.check_config(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                          use_t=use_t, beta=beta, grad_clamp=grad_clamp)
         self.hidden_size, self.num_hidden_layers = hidden_size, num_hidden_layers
         self.use_t, self.beta, self.grad_clamp = use_t, beta, grad_clamp
         sizes = [3 if use_t else 2] + [hidden_size] * num_hidden_layers + [1]
@@ -96,6 +118,19 @@ class TurtleRule(nn.Module):
         return {"hidden_size": self.hidden_size, "num_hidden_layers": self.num_hidden_layers,
                 "use_t": self.use_t, "beta": self.beta, "grad_clamp": self.grad_clamp}
 
+    @staticmethod
+    def check_config(*, hidden_size: Any, num_hidden_layers: Any, use_t: Any, beta: Any,
+                     grad_clamp: Any) -> None:
+        """Raise (TypeError / ValueError naming the option) unless every option is one the
+        turtle_step op runs; checked before anything is allocated."""
+        where = "TurtleRule"
+        _require_int(where, "hidden_size", hidden_size, 1, TURTLE_MAX_WIDTH)
+        _require_int(where, "num_hidden_layers", num_hidden_layers, 0, TURTLE_MAX_LAYERS - 1)
+        if not isinstance(use_t, bool):
+            raise TypeError(f"{where}: use_t must be a bool, got {use_t!r}")
+        _require_real(where, "beta", beta, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+        _require_real(where, "grad_clamp", grad_clamp, lambda v: v > 0, "> 0 (math.inf: no clamp)")
+
     def forward(self, theta: Tensor, grad: Tensor, m: Tensor, t: int, alpha: Tensor,
                 grad_clamp: float | None = None) -> tuple[Tensor, Tensor]:
         """Returns (theta_{t+1}, m_t). At t = 0 the moving average starts at g_0 (``m`` unused)."""
@@ -109,3 +144,19 @@ def _in_order(parameters: nn.ParameterList) -> list[Tensor]:
     # __getitem__ per entry, ~17 us per TURTLE step for the two lists, as much as a tenth of the
     # kernel's time on a sine learner.
     return list(parameters._parameters.values())
+
+
+def _require_int(where: str, name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be an int, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{where}: {name} must lie in {low}..{high} (the sizes the op supports), "
+                         f"got {value}")
+
+
+def _require_real(where: str, name: str, value: Any, valid: Callable[[float], bool],
+                  expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}")
+    if not valid(float(value)):  # NaN fails every comparison, so it is refused here too
+        raise ValueError(f"{where}: {name} must be {expected}, got {value}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from learnedopt.optim.pretrained import PretrainedError, export_rule, load_rule, shipped_rules
+from learnedopt.optim.pretrained import (PretrainedError, describe_rule, export_rule, load_rule,
+                                         shipped_rules)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,28 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export-rule":
             data = export_rule(args.checkpoint, args.out)
-            print(f"wrote {args.out}: {_describe(data)}")
+            print(f"wrote {args.out}: {describe_rule(data)}")
         elif args.file is None:
             print("\n".join(shipped_rules()) or "no rules shipped")
         else:
-            print(_describe(load_rule(args.file)))
+            print(describe_rule(load_rule(args.file)))
     except PretrainedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _describe(data: dict) -> str:
-    parts = [f"kind={data['kind']}", f"config={data['config']}"]
-    if "alpha" in data:
-        a = data["alpha"]
-        parts.append(f"alpha median={a['median']:.4g} mean={a['mean']:.4g} over {a.get('numel')} coords")
-    if data.get("max_t") is not None:
-        parts.append(f"max_t={data['max_t']}")
-    source = data.get("source") or {}
-    if source.get("algorithm"):
-        parts.append(f"from {source['algorithm']} (iteration {source.get('iteration')})")
-    return "; ".join(parts)
 
 
 if __name__ == "__main__":

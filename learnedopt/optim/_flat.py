@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from learnedopt.optim import pretrained
+from learnedopt.optim._state import OptimizerState
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _grad_of = operator.attrgetter("grad")
@@ -69,9 +70,13 @@ class FlatGroup:
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """Per-parameter views of a flat per-coordinate buffer (trailing dims are kept)."""
-        trailing = flat.shape[1:]
-        return [flat[a:b].view(*shape, *trailing)
-                for a, b, shape in zip(self.bounds, self.bounds[1:], self.shapes)]
+        return [self.view(flat, k) for k in range(len(self.shapes))]
+
+    def view(self, flat: Tensor, k: int) -> Tensor:
+        """Parameter ``k``'s view of a flat per-coordinate buffer, shaped ``p.shape + trailing``
+        (a 0-dim parameter, such as a learnable temperature, gets a 0-dim view)."""
+        # The shape goes in as one tuple: view(*()) would be view() with no size at all.
+        return flat[self.bounds[k]:self.bounds[k + 1]].view((*self.shapes[k], *flat.shape[1:]))
 
     def new_state(self, *trailing: int, fill: float = 0.0) -> Tensor:
         return torch.full((self.numel, *trailing), fill, dtype=self.dtype, device=self.device)
@@ -237,6 +242,9 @@ class FlatOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable, defaults: dict[str, Any]):
         self._flat: list[FlatGroup] = []
         super().__init__(params, defaults)
+        # torch.optim's per-parameter state, as views of the flat buffers (replaces the empty
+        # defaultdict torch.optim.Optimizer.__init__ made): opt.state[p]["m"], ...
+        self.state = OptimizerState(self)
 
     def _where(self, index: int) -> str:
         return f"{type(self).__name__} param group {index}"
@@ -285,7 +293,13 @@ class FlatOptimizer(torch.optim.Optimizer):
         used), or the name of a rule shipped in ``learnedopt/pretrained/``. ``overrides`` are
         constructor arguments (``lr``, ``alpha``, ...) that replace what the file implies;
         ``alpha`` may also be "mean" or "median" of the learned step sizes. Files are loaded with
-        ``torch.load(weights_only=True)``.
+        ``torch.load(weights_only=True)`` and validated whole before anything is built.
+
+        ``params`` may be ``model.named_parameters()`` (or param groups of (name, tensor) pairs):
+        for the model the rule was meta-trained on, TURTLE and Meta-SGD then start each parameter
+        at its own learned step sizes, found by name (an ``alpha`` override turns that off); for
+        any other model every coordinate starts at one scalar; a partial match is an error
+        (:func:`learnedopt.optim.pretrained.alpha_for_parameters`).
         """
         rule_file = pretrained.load_rule(path_or_name)
         if rule_file["kind"] != cls.KIND:
@@ -298,7 +312,22 @@ class FlatOptimizer(torch.optim.Optimizer):
         if isinstance(overrides.get("alpha"), str):
             overrides["alpha"] = pretrained.alpha_init(rule_file, overrides["alpha"])
         kwargs.update(overrides)
-        return cls(params, **kwargs)
+        optimizer = cls(params, **kwargs)
+        if "alpha" not in overrides:
+            optimizer._use_learned_alpha(rule_file, str(path_or_name))
+        return optimizer
+
+    def _use_learned_alpha(self, rule_file: dict[str, Any], source: str) -> None:
+        """Copy the rule's per-parameter step sizes into the ``alpha`` state of the parameters
+        given by name, when they are the meta-training model's (else keep the scalar start)."""
+        if not all("alpha" in flat.state for flat in self._flat):
+            return  # this optimizer has no per-coordinate step size (the LSTM)
+        named = [(name, p) for group in self.param_groups
+                 for name, p in zip(group.get("param_names", ()), group["params"])]
+        by_name = dict(named)
+        for name, values in pretrained.alpha_for_parameters(rule_file, named, source).items():
+            param = by_name[name]
+            self.state[param]["alpha"] = values.to(device=param.device, dtype=param.dtype)
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Zero every gradient in place in the flat gradient buffer (``p.grad`` stays a view of it).

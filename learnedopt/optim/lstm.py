@@ -26,12 +26,13 @@ class LSTMOptimizer(FlatOptimizer):
     (Ravi's preprocessed [loss, gradient] input): pass ``step(loss=loss)`` or a closure returning
     it; the enhanced LSTM's rule (``input_size=1``, raw gradient) does not need it.
 
-    Per-coordinate state, in :meth:`state_dict` per parameter: layer-1 ``h``, ``c`` (shape
-    ``p.shape + (hidden,)``) and the layer-2 gate pre-activations ``f``, ``i`` (shape ``p.shape``),
-    all starting at 0 as in the paper.
+    Per-coordinate state, in ``opt.state[p]`` and :meth:`state_dict` per parameter: layer-1
+    ``h``, ``c`` (shape ``p.shape + (hidden,)``) and the layer-2 gate pre-activations ``f``, ``i``
+    (shape ``p.shape``), all starting at 0 as in the paper.
 
     Args:
-        params: parameters or param groups (per-group option: ``lr``).
+        params: parameters or param groups (per-group option: ``lr``), or
+            ``model.named_parameters()``.
         rule: the :class:`~learnedopt.rules.MetaLSTMRule` (default: a freshly initialised,
             untrained one; use :meth:`from_pretrained` for a meta-trained rule). Its weights are
             read, never trained, by the optimizer.

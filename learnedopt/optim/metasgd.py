@@ -13,14 +13,18 @@ from learnedopt.optim.pretrained import alpha_init
 class MetaSGD(FlatOptimizer):
     """theta <- theta - lr * alpha * g, with ``alpha`` one step size (and sign) per coordinate.
 
-    Meta-SGD learns alpha per coordinate of its meta-training learner; for a new model every
-    coordinate of a group starts at the group's scalar ``alpha`` (``from_pretrained``: the median
-    of the learned ones). The per-coordinate ``alpha`` is optimizer state (``state_dict`` holds it
-    per parameter), so it can be set per coordinate by loading a state dict. One fused
-    ``addcmul_`` per group per step; ``lr`` (default 1) scales ``alpha * g``.
+    Meta-SGD learns alpha per coordinate of its meta-training learner: for that model,
+    ``from_pretrained(..., model.named_parameters())`` starts each coordinate at its learned value
+    (found by parameter name), which makes a step exactly Meta-SGD's inner update; for a new
+    model every coordinate of a group starts at the group's scalar ``alpha``
+    (``from_pretrained``: the median of the learned ones). The per-coordinate ``alpha`` is
+    optimizer state (``opt.state[p]["alpha"]``, and per parameter in ``state_dict``), so it can
+    be set per coordinate. One fused ``addcmul_`` per group per step; ``lr`` (default 1) scales
+    ``alpha * g``.
 
     Args:
-        params: parameters or param groups (per-group options: ``lr``, ``alpha``).
+        params: parameters or param groups (per-group options: ``lr``, ``alpha``), or
+            ``model.named_parameters()``.
         lr: scale of the update.
         alpha: initial per-coordinate step size of the group's coordinates.
     """

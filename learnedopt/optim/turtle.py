@@ -24,9 +24,17 @@ class TurtleOptimizer(FlatOptimizer):
 
     ``lr`` (default 1: the meta-learned update) scales ``alpha * u``; schedulers act on it.
     ``alpha`` is a per-coordinate step size: meta-training learns one per coordinate of the
-    meta-training learner, which does not exist in a new model, so every coordinate of a group
-    starts at the group's scalar ``alpha`` (``from_pretrained`` uses the median of the learned
-    ones) and stays there (the optimizer does not learn it).
+    meta-training learner. For that model, ``from_pretrained(..., model.named_parameters())``
+    starts each coordinate at its learned value (found by parameter name); a new model has no
+    such values, so every coordinate of a group starts at the group's scalar ``alpha``
+    (``from_pretrained`` uses the median of the learned ones). Either way it stays there (the
+    optimizer does not learn it); ``opt.state[p]["alpha"]`` reads or sets it per coordinate.
+
+    ``momentum`` is the beta of the moving average above (None, the default: the rule's own beta,
+    the value g_phi was meta-trained with). It is a per-group option under torch.optim's name so
+    that schedulers which cycle momentum (``OneCycleLR``, ``CyclicLR`` with ``cycle_momentum=True``,
+    their default) work; they move beta away from the meta-trained value (OneCycleLR: between 0.85
+    and 0.95), so pass ``cycle_momentum=False`` to keep the rule as it was meta-trained.
 
     ``t`` is the number of steps the group has taken. g_phi saw only t < T during meta-training
     (T inner steps), so ``max_t`` caps the t it is fed (``from_pretrained`` sets T - 1 when the
@@ -34,24 +42,26 @@ class TurtleOptimizer(FlatOptimizer):
     that was skipped (no gradient) keeps its m while the group's t advances, and one whose first
     gradient comes after the group's first step starts its average from m = 0, not from g.
 
-    Per-coordinate state, in :meth:`state_dict` per parameter: ``m`` and ``alpha`` (shape
-    ``p.shape``), plus ``step`` (the group's t).
+    Per-coordinate state, in ``opt.state[p]`` and :meth:`state_dict` per parameter: ``m`` and
+    ``alpha`` (shape ``p.shape``), plus ``step`` (the group's t).
 
     Args:
         params: parameters or param groups (per-group options: ``lr``, ``alpha``, ``grad_clamp``,
-            ``max_t``).
+            ``max_t``, ``momentum``), or ``model.named_parameters()``.
         rule: the :class:`~learnedopt.rules.TurtleRule` (default: freshly initialised, untrained).
         lr: scale of the update.
         alpha: initial per-coordinate step size of the group's coordinates.
         grad_clamp: clamp the gradient to +-grad_clamp before the rule sees it (default: the
             rule's own setting; the authors clamp at 10).
         max_t: largest step index fed to g_phi (None: no cap).
+        momentum: beta of the moving average m in [0, 1] (None: the rule's beta).
     """
 
     KIND = "turtle"
 
     def __init__(self, params: Iterable, rule: TurtleRule | None = None, lr: float = 1.0,
-                 alpha: float = 0.5, grad_clamp: float | None = None, max_t: int | None = None):
+                 alpha: float = 0.5, grad_clamp: float | None = None, max_t: int | None = None,
+                 momentum: float | None = None):
         rule = TurtleRule() if rule is None else rule
         if not isinstance(rule, TurtleRule):
             raise TypeError(f"TurtleOptimizer: rule must be a learnedopt.rules.TurtleRule, got "
@@ -59,7 +69,7 @@ class TurtleOptimizer(FlatOptimizer):
         self.rule = rule
         self._weights = RuleTensors(lambda: [*rule.weights, *rule.biases])
         super().__init__(params, {"lr": lr, "alpha": alpha, "grad_clamp": grad_clamp,
-                                  "max_t": max_t})
+                                  "max_t": max_t, "momentum": momentum})
 
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         super()._check_group(group, where)
@@ -72,6 +82,18 @@ class TurtleOptimizer(FlatOptimizer):
         max_t = group["max_t"]
         if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int) or max_t < 1):
             raise ValueError(f"{where}: max_t must be an int >= 1 or None, got {max_t!r}")
+        self._beta(group, where)
+
+    def _beta(self, group: dict[str, Any], where: str) -> float:
+        """The group's beta: its ``momentum`` (which a scheduler may have set), else the rule's."""
+        momentum = group["momentum"]
+        if momentum is None:
+            return self.rule.beta
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not (
+                0.0 <= momentum <= 1.0):
+            raise ValueError(f"{where}: momentum (TURTLE's beta) must lie in [0, 1] or be None "
+                             f"(the rule's beta), got {momentum!r}")
+        return float(momentum)
 
     def _init_state(self, flat: FlatGroup, group: dict[str, Any]) -> None:
         flat.state = {"m": flat.new_state(), "alpha": flat.new_state(fill=float(group["alpha"]))}
@@ -84,8 +106,9 @@ class TurtleOptimizer(FlatOptimizer):
         tensors = self._weights.get(flat.device, flat.dtype)
         layers = len(rule.weights)
         s = flat.state
+        beta = self._beta(group, flat.where)
         theta, m = ops.turtle_step(flat.param, flat.grad, s["m"], t, s["alpha"],
-                                   tensors[:layers], tensors[layers:], rule.beta, clamp)
+                                   tensors[:layers], tensors[layers:], beta, clamp)
         flat.state = {"m": flat.keep_skipped(m, s["m"]), "alpha": s["alpha"]}
         flat.apply_update(theta, group["lr"])
 
