@@ -157,3 +157,35 @@ def test_dataset_episodes_and_custom_tasks_with_a_user_model(tmp_path):
                      out=tmp_path / "custom", options={"meta_batch_size": 2}, **RUN)
     records = [r for r in load_metrics(run) if r["split"] == "val"]
     assert len(records) == 2 and all(r["loss"] > 0 for r in records)
+
+
+def test_rule_meta_trained_on_a_user_model_loads_into_the_drop_in_optimizers(tmp_path, capsys):
+    """End to end: meta-train TURTLE and the enhanced LSTM on a user module, export the rules
+    with `learnedopt export-rule`, load them into the drop-in optimizers for that module: each
+    parameter starts at its own meta-learned step sizes."""
+    from learnedopt.optim import LSTMOptimizer, TurtleOptimizer
+    for algorithm in ("turtle", "enhanced-lstm"):
+        run = meta_train("tests.user_models:sine_mlp", "tests.user_models:linear_tasks",
+                         algorithm=algorithm, out=tmp_path / algorithm, loss="mse",
+                         options={"meta_batch_size": 2, "inner_steps": 2}, **RUN)
+        rule_file = tmp_path / f"{algorithm}.pt"
+        assert main(["export-rule", str(run / "best.pt"), str(rule_file)]) == 0
+        model = user_models.sine_mlp()
+        if algorithm == "turtle":
+            opt = TurtleOptimizer.from_pretrained(rule_file, model.named_parameters())
+            alpha = load_checkpoint(run / "best.pt")["state_dict"]["alpha"]
+            offset = 0
+            for _, p in model.named_parameters():
+                expected = alpha[offset:offset + p.numel()].view_as(p)
+                assert torch.equal(opt.state[p]["alpha"], expected)
+                offset += p.numel()
+        else:
+            opt = LSTMOptimizer.from_pretrained(rule_file, model.named_parameters())
+        x = torch.rand(16, 1)
+        loss = torch.nn.functional.mse_loss(model(x), 2 * x)
+        loss.backward()
+        if algorithm == "turtle":
+            opt.step()
+        else:
+            opt.step(loss=loss.detach())  # the LSTM's rule reads the loss
+        assert all(torch.isfinite(p).all() for p in model.parameters())
