@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from bench import machine, memory, results
+from bench.meta_train import meta_iteration_fn, peak_bytes
 from bench.timing import measure_interleaved
 from learnedopt import ops
 from learnedopt.tasks.base import TaskBatch
-from learnedopt.train import meta_optimizer
 
 SAMPLE_S = 0.05
 
@@ -92,30 +92,6 @@ LEARNER_CASES = (
 RESNET_TASKS = (5, 1, 5, 3, 84)
 RESNET_ALGORITHMS = (("maml", None), ("metasgd", None), ("turtle", "turtle_step"),
                      ("enhanced-lstm", "meta_lstm_step"))
-
-
-def meta_iteration_fn(algorithm, sampler, backend: str):
-    optimizer = meta_optimizer([p for p in algorithm.parameters() if p.requires_grad],
-                               algorithm.outer_lr)
-    generator = torch.Generator().manual_seed(0)
-
-    def meta_iteration(_):
-        with ops.use_backend(backend):
-            batch = sampler.sample(algorithm.meta_batch_size, generator)
-            loss, _ = algorithm.meta_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            algorithm.clip_meta_gradients()
-            optimizer.step()
-
-    return meta_iteration
-
-
-def peak_bytes(meta_iteration, device) -> int:
-    meta_iteration(0)
-    with memory.PeakMemory(device) as peak:
-        meta_iteration(1)
-    return peak.bytes
 
 
 def _run_case(rows, base, build_fns, device, budget_s, min_samples, log):

@@ -73,6 +73,20 @@ def build_from_path(path: str, kwargs: dict[str, Any] | None, what: str) -> Any:
     return obj
 
 
+def given_or_built(given: Any, spec: dict[str, Any], what: str, keyword: str, flag: str) -> Any:
+    """``given`` when the caller handed the object in, else what the spec's recorded factory
+    (``spec["factory"]`` with ``spec["kwargs"]``) builds; an error says how to supply it when the
+    spec recorded none (the object had been handed in from Python)."""
+    if given is not None:
+        return given
+    factory = spec.get("factory")
+    if not factory:
+        raise ValueError(f"the {what} was handed in as a Python object (no import path was "
+                         f"recorded): pass it again ({keyword}=...), or use an importable factory "
+                         f"({flag} package.module:function)")
+    return build_from_path(factory, spec.get("kwargs"), what)
+
+
 def _is_instance_to_use(obj: Any) -> bool:
     # An nn.Module instance is callable (its forward) but is the object itself, not a factory; so
     # is any sampler instance with __call__.

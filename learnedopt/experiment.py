@@ -55,13 +55,7 @@ def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu", task
 
 def _custom_sampler(spec: dict[str, Any], device, tasks):
     from learnedopt import _imports
-    if tasks is None:
-        factory = spec.get("factory")
-        if not factory:
-            raise ValueError("these tasks were handed in as a Python object (no import path was "
-                             "recorded): pass them again (tasks=...), or use an importable "
-                             "factory (--tasks package.module:function)")
-        tasks = _imports.build_from_path(factory, spec.get("kwargs"), "tasks")
+    tasks = _imports.given_or_built(tasks, spec, "tasks", "tasks", "--tasks")
     from learnedopt.tasks.sampler_check import check_sampler
     check_sampler(tasks)  # draws a few tasks: a broken sampler fails here, named, not mid-run
     if torch.device(tasks.device) != torch.device(device):

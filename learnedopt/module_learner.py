@@ -440,13 +440,7 @@ def build_module_learner(spec: Mapping[str, Any], model: nn.Module | Learner | N
     when the trainable parameters' names or shapes differ from the recorded ones (another model,
     or its code changed since)."""
     spec = dict(spec)
-    if model is None:
-        factory = spec.get("factory")
-        if not factory:
-            raise ValueError("this learner was made from a Python object (no import path was "
-                             "recorded): pass the model again (model=...), or train with an "
-                             "importable factory (--model package.module:function)")
-        model = _imports.build_from_path(factory, spec.get("kwargs"), "model")
+    model = _imports.given_or_built(model, spec, "model", "model", "--model")
     if isinstance(model, Learner):
         learner = model
     else:

@@ -36,9 +36,9 @@ def test_meta_train_with_objects_then_evaluate_with_them(tmp_path):
     assert checkpoint["learner"]["name"] == "module" and checkpoint["learner"]["loss"] == "mse"
     assert checkpoint["learner"]["factory"] is None and checkpoint["task"]["factory"] is None
     assert checkpoint["protocol"] == {"name": "linear", "shots": 5, "queries": 5}
-    with pytest.raises(ValueError, match=r"pass them again \(tasks=...\)"):
+    with pytest.raises(ValueError, match=r"pass it again \(tasks=...\)"):
         evaluate_checkpoint(run / "best.pt", num_tasks=10, model=user_models.sine_mlp())
-    with pytest.raises(ValueError, match="pass the model again"):
+    with pytest.raises(ValueError, match=r"pass it again \(model=...\)"):
         evaluate_checkpoint(run / "best.pt", num_tasks=10, tasks=user_models.LinearTasks())
     result = evaluate_checkpoint(run / "best.pt", num_tasks=20, model=user_models.sine_mlp(),
                                  tasks=user_models.LinearTasks())
