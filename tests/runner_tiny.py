@@ -27,6 +27,7 @@ class TinyMetaSGD(MetaAlgorithm):
         if unknown:
             raise ValueError(f"tiny: unknown option(s) {unknown}; valid options: {sorted(defaults)}")
         self._options = {**defaults, **options}
+        self.learner = learner
         hidden, inner_lr = self._options["hidden"], self._options["inner_lr"]
         self.hidden = hidden
         w1, w2 = nn.Linear(1, hidden), nn.Linear(hidden, 1)
@@ -101,6 +102,18 @@ class TinyMetaSGD(MetaAlgorithm):
         return trace
 
 
+class TinyLearner:
+    """What the training loop asks of a learner, for TinyMetaSGD (which runs its own MLP)."""
+    kind = "regression"
+    primary_metric = ("loss", False)
+
+    def config(self) -> dict:
+        return {"name": "tiny-mlp"}
+
+    def train(self, mode: bool = True) -> "TinyLearner":
+        return self
+
+
 @pytest.fixture
 def tiny_registry(monkeypatch):
     """Route learnedopt.experiment's construction to TinyMetaSGD for the algorithm name "tiny"
@@ -113,8 +126,10 @@ def tiny_registry(monkeypatch):
             return TinyMetaSGD(learner, **options)
         return real_build(name, learner, options, sampler)
 
-    def build_learner(spec):
-        return spec if spec.get("name") == "tiny-mlp" else real_learner(spec)
+    def build_learner(spec, sampler=None, model=None, **module_options):
+        if spec.get("name") == "tiny-mlp":
+            return TinyLearner()
+        return real_learner(spec, sampler, model=model, **module_options)
 
     def default_learner_spec(task_spec, sampler):
         return {"name": "tiny-mlp"} if task_spec["name"] == "sine" else real_default(task_spec, sampler)

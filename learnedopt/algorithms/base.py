@@ -70,8 +70,9 @@ class MetaAlgorithm(nn.Module):
     def train(self, mode: bool = True) -> "MetaAlgorithm":
         """Also puts the learner's forward in train/eval behaviour (a module learner's dropout)."""
         super().train(mode)
-        if hasattr(self, "learner"):
-            self.learner.train(mode)
+        learner = getattr(self, "learner", None)
+        if learner is not None:
+            learner.train(mode)
         return self
 
     @property
