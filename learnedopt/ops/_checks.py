@@ -66,9 +66,13 @@ def preprocess_p_range(dtype: torch.dtype) -> tuple[float, float]:
     return 2.0 * math.log(info.max) / info.max, -math.log(info.tiny)
 
 
+# Computed once: the check runs on every op call.
+_P_RANGES = {dtype: preprocess_p_range(dtype) for dtype in SUPPORTED_DTYPES}
+
+
 def check_preprocess_options(op: str, p: float, log_eps: float, dtype: torch.dtype) -> None:
     """p and log_eps within their valid range for inputs of ``dtype`` (NaN fails every test)."""
-    p_min, p_max = preprocess_p_range(dtype)
+    p_min, p_max = _P_RANGES[dtype] if dtype in _P_RANGES else preprocess_p_range(dtype)
     if not p_min <= p <= p_max:
         raise ValueError(
             f"learnedopt.ops.{op}: p must be in [{p_min:.6g}, {p_max:.6g}] for "
