@@ -64,17 +64,19 @@ def tensor_slots(args):
     return slots
 
 
-def with_slot_on(args, slot, device):
+def with_slot(args, slot, change):
+    """args with the tensor at `slot` (see tensor_slots) replaced by change(tensor)."""
     k, i = slot
     args = list(args)
     if i is None:
-        args[k] = args[k].to(device)
+        args[k] = change(args[k])
     else:
-        args[k] = [t.to(device) if j == i else t for j, t in enumerate(args[k])]
+        args[k] = [change(t) if j == i else t for j, t in enumerate(args[k])]
     return args
 
 
 def with_meta(args):
+    """args with every tensor on the meta device (as torch.compile's fake tensors)."""
     return [a.to("meta") if isinstance(a, torch.Tensor)
             else [t.to("meta") for t in a] if isinstance(a, list) else a for a in args]
 
@@ -89,7 +91,7 @@ def test_raw_op_refuses_meta_mixed_with_cpu(name):
     assert len(slots) >= 2
     for slot in slots:
         with pytest.raises((ValueError, RuntimeError), match=r"is on (meta|cpu) but the other inputs are on"):
-            op(*with_slot_on(args, slot, "meta"))
+            op(*with_slot(args, slot, lambda t: t.to("meta")))
 
 
 @pytest.mark.parametrize("name", ALL_OPS)
@@ -99,18 +101,13 @@ def test_fake_kernel_checks_shapes_and_dtypes(name):
     op = getattr(torch.ops.learnedopt, name)
     args = with_meta(op_args(name))
     op(*args)  # valid: accepted
-    k, i = tensor_slots(args)[-1]  # b_i, the last bias, or x (preprocess_backward)
+    slot = tensor_slots(args)[-1]  # b_i, the last bias, or x (preprocess_backward)
     cases = [lambda t: t.to(torch.float16)]
     if name != "preprocess":  # which takes any shape
         cases.append(lambda t: t[:-1])
     for bad in cases:
-        broken = list(args)
-        if i is None:
-            broken[k] = bad(broken[k])
-        else:
-            broken[k] = [bad(t) if j == i else t for j, t in enumerate(broken[k])]
         with pytest.raises((ValueError, TypeError)):
-            op(*broken)
+            op(*with_slot(args, slot, bad))
 
 
 def bad_options(dtype):
