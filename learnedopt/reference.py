@@ -10,6 +10,8 @@ Conventions shared with the kernels (and stated in the README):
 * NaN policy: a NaN input propagates. ``preprocess`` maps NaN to (NaN, NaN) and its gradient at a NaN
   input is NaN; the step ops carry NaN through to their outputs. Nothing is silently replaced.
 * ±Inf: ``preprocess`` maps ±Inf to (+Inf, ±1) with gradient 0 (the limit of 1/(p·x)).
+* Options: ``p`` and ``log_eps`` outside their valid range for the dtype
+  (:func:`learnedopt.ops._checks.check_preprocess_options`) raise the same ValueError as the ops.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from learnedopt.ops._checks import check_preprocess_options
+
 __all__ = ["preprocess", "meta_lstm_step", "turtle_step"]
 
 
@@ -30,8 +34,10 @@ def preprocess(x: Tensor, p: float = 10.0, log_eps: float = 0.0, strict: bool = 
     x1 = log(|x| + log_eps) / p  if |x| >= e^-p  else  -1
     x2 = sign(x)                 if |x| >= e^-p  else  e^p · x
     ``strict=True`` uses ``>`` for the threshold (the original code); ``log_eps=1e-8`` is the
-    Ravi/Larochelle port. The defaults are the paper's.
+    Ravi/Larochelle port. The defaults are the paper's. p and log_eps must lie in their valid
+    range for x's dtype (ValueError otherwise, as the fused op).
     """
+    check_preprocess_options("preprocess", p, log_eps, x.dtype)
     thr = torch.tensor(math.exp(-p), dtype=x.dtype, device=x.device)
     ax = x.abs()
     big = ax > thr if strict else ax >= thr
@@ -72,7 +78,9 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
     (preprocessed [loss, grad]) or D = 1 (raw gradient); w_hh (4H, H); b_ih, b_hh (4H,);
     w_f, w_i (H + 2,); b_f, b_i (1,).
     Returns (theta_new, h_new, c_new, f, i), with f and i the gate values before the sigmoid.
+    p and log_eps are preprocess's, checked in either input mode as the fused op checks them.
     """
+    check_preprocess_options("meta_lstm_step", p, log_eps, theta.dtype)
     hidden = h.shape[1]
     x = _lstm_input(grad, loss, w_ih.shape[1], p, log_eps, strict)
     gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)

@@ -4,7 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <iomanip>
+#include <sstream>
 #include <vector>
+
+#include "common/preprocess_math.h"
 
 namespace lo {
 
@@ -27,6 +31,26 @@ inline void check_same(const char* op, const char* name, const at::Tensor& t, co
 inline void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, "learnedopt::", op, ": ", name, " has shape ", t.sizes(),
               ", expected ", shape);
+}
+
+// p and log_eps within PreprocessLimits for the inputs' dtype (float32 or float64, checked
+// before), with the messages of learnedopt/ops/_checks.py. NaN fails every comparison.
+inline void check_preprocess_options(const char* op, double p, double log_eps, at::ScalarType dtype) {
+  const bool single = dtype == at::kFloat;
+  const double p_min = single ? PreprocessLimits<float>::p_min() : PreprocessLimits<double>::p_min();
+  const double p_max = single ? PreprocessLimits<float>::p_max() : PreprocessLimits<double>::p_max();
+  const char* type = single ? "float32" : "float64";
+  auto exact = [](double v) {  // every digit, so that a value just past a bound reads as such
+    std::ostringstream s;
+    s << std::setprecision(17) << v;
+    return s.str();
+  };
+  TORCH_CHECK(p >= p_min && p <= p_max, "learnedopt::", op, ": p must be in [", p_min, ", ", p_max,
+              "] for ", type, " (e^p and e^-p normal numbers, log|x|/p finite for every finite x), got ",
+              exact(p));
+  TORCH_CHECK(log_eps >= 0.0 && log_eps <= kPreprocessLogEpsMax, "learnedopt::", op,
+              ": log_eps must be in [0, ", kPreprocessLogEpsMax,
+              "] (an epsilon inside log(|x| + log_eps)), got ", exact(log_eps));
 }
 
 // Contiguous versions of the inputs, as the kernels read them (no copy when they already are).

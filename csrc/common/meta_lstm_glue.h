@@ -32,7 +32,8 @@ inline std::array<std::vector<int64_t>, kMetaLSTMInputs> meta_lstm_input_shapes(
            {4 * H}, {H + 2}, {1}, {H + 2}, {1}}};
 }
 
-inline MetaLSTMShape check_meta_lstm_inputs(const char* op, at::TensorList in) {
+// The inputs (schema order) and the preprocessing options p and log_eps.
+inline MetaLSTMShape check_meta_lstm_inputs(const char* op, at::TensorList in, double p, double log_eps) {
   TORCH_CHECK(in.size() == kMetaLSTMInputs, "learnedopt::", op, ": expected ", kMetaLSTMInputs,
               " tensor inputs, got ", in.size());
   const at::Tensor& theta = in[0];
@@ -52,6 +53,7 @@ inline MetaLSTMShape check_meta_lstm_inputs(const char* op, at::TensorList in) {
   const MetaLSTMShape s{theta.size(0), hidden, w_ih.size(1)};
   const auto shapes = meta_lstm_input_shapes(s);
   for (int k = 0; k < kMetaLSTMInputs; ++k) check_shape(op, kMetaLSTMInputNames[k], in[k], shapes[k]);
+  check_preprocess_options(op, p, log_eps, theta.scalar_type());
   return s;
 }
 

@@ -4,10 +4,30 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include "common/scalar_math.h"
 
 namespace lo {
+
+// The options' valid range for storage type S, the one the glue enforces (common/glue.h) and
+// learnedopt/ops/_checks.py states for the wrappers, fake kernels and reference alike. Within it,
+// every finite x has finite outputs and a finite derivative:
+//   p_min <= p <= p_max: e^p and e^-p are normal numbers of S (p_max = -ln of the smallest normal,
+//     87.34 for float, 708.40 for double), so the small branch's e^p · x cannot overflow and the
+//     threshold is no subnormal (which the SIMD log does not take); and log(|x| + log_eps) / p
+//     stays finite for |x| up to S's max (p_min = 2 ln(max) / max, the 2 a margin for rounding).
+//   0 <= log_eps <= 1: an epsilon (1e-8 in the Ravi/Larochelle port); the bound keeps |x| + log_eps
+//     finite for every finite x.
+template <typename S>
+struct PreprocessLimits {
+  static double p_min() {
+    const double max = static_cast<double>(std::numeric_limits<S>::max());
+    return 2.0 * std::log(max) / max;
+  }
+  static double p_max() { return -std::log(static_cast<double>(std::numeric_limits<S>::min())); }
+};
+constexpr double kPreprocessLogEpsMax = 1.0;
 
 // The constants of one call, rounded once to the storage type S as the reference does
 // (torch compares and multiplies an S tensor with Python floats converted to S).

@@ -120,16 +120,22 @@ LO_SIMD_INLINE V vexp_in_range(V x) {
   return (V)((IV)y + ((IV)t << 23));
 }
 
-// 1 / (1 + e^-x). Clamping -x to [-86, 88] changes nothing visible: beyond -86 the sum rounds to
-// 1, beyond 88 the result is below 1e-38 (and stays finite rather than 0). NaN stays NaN: the
-// clamps are written as the compare-and-pick that x86 min/max implement with NaN passing through.
+// 1 / (1 + e^-x), with the limits of std's and torch's float sigmoid. -x is clamped to [-86, 88],
+// vexp_in_range's range: below -86 the sum rounds to 1 anyway. Above 88 the clamp alone would
+// leave a floor of 6e-39 where the true value falls to 0 (at -x > ln FLT_MAX, where e^-x overflows
+// and 1 / (1 + inf) is exactly 0); that floor kept σ'(x) = σ(1 - σ) from vanishing, and a huge
+// input multiplied it into a wrong finite gradient (or Inf where 0 · Inf is NaN). So beyond
+// ln FLT_MAX the result is 0, as torch's; between 88 and ln FLT_MAX it stays below 6.1e-39.
+// NaN stays NaN: the clamps are written as the compare-and-pick that x86 min/max implement with
+// NaN passing through, and NaN fails the overflow test.
 template <typename V>
 LO_SIMD_INLINE V vsigmoid(V x) {
   const V lo = V{} - 86.0f, hi = V{} + 88.0f;
-  V u = -x;
-  u = lo > u ? lo : u;
-  u = hi < u ? hi : u;
-  return 1.0f / (1.0f + vexp_in_range(u));
+  const V u = -x;
+  V clamped = lo > u ? lo : u;
+  clamped = hi < clamped ? hi : clamped;
+  const V s = 1.0f / (1.0f + vexp_in_range(clamped));
+  return u > 88.72283905206835f ? V{} : s;
 }
 
 template <typename V>

@@ -433,13 +433,6 @@ void backward(const MetaLSTMBackwardArgs<S>& a) {
       meta_lstm_gates_backward<HC, D>(P, d_gate, d_h, d_xg);
       const V d_grad = meta_lstm_grad_backward<D>(P.pp, grad, load_lanes<S, V, W>(a.g_theta_new, j, w),
                                                   st.sigmoid_i, d_xg);
-      if (w < W) {
-        // Padding lanes saw zero inputs, so their terms are finite; zeroing the factors keeps
-        // them out of the sums.
-        for (int r = 0; r < n_factors; ++r) {
-          for (int l = w; l < W; ++l) lane<S>(F[r * kStage], l) = 0;
-        }
-      }
       V* X = stage.inputs + ns;
       for (int m = 0; m < H; ++m) X[m * kStage] = h[m];
       for (int d = 0; d < G; ++d) X[(H + d) * kStage] = st.xg[d];
@@ -448,6 +441,10 @@ void backward(const MetaLSTMBackwardArgs<S>& a) {
       X[(2 * H + G + 1) * kStage] = f_prev;
       X[(2 * H + G + 2) * kStage] = i_prev;
       X[(2 * H + G + 3) * kStage] = splat<V>(1);
+      if (w < W) {  // padding lanes stay out of the sums (their terms may be 0 · Inf = NaN)
+        zero_padding_lanes(F, n_factors, kStage, w);
+        zero_padding_lanes(X, n_inputs, kStage, w);
+      }
       if (++ns == kStage) {
         flush_weight_terms<D>(acc, L, H, stage, ns);
         ns = 0;

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "common/macros.h"
+#include "common/scalar_math.h"
 
 #ifdef LO_CAPABILITY
 namespace lo {
@@ -38,6 +39,21 @@ inline void outer_tile(V* LO_RESTRICT out, int64_t stride, const V* LO_RESTRICT 
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 16
     for (int k = 0; k < K; ++k) out[r * stride + k] += acc[r][k];
+  }
+}
+
+// Lanes [valid, W) of the staged vectors rows[0], rows[stride], ..., rows[(count - 1) * stride]
+// set to 0: the padding lanes of a tail vector (coordinates past the end). A padding lane's
+// factor and its input must both be 0 for its product to be 0: with an Inf meta-weight, the
+// zero-filled coordinate's own terms are Inf or NaN (0 · Inf), and so would be 0 times them.
+template <typename V>
+inline void zero_padding_lanes(V* rows, int count, int stride, int valid) {
+  if constexpr (ScalarOf<V>::lanes > 1) {
+    using S = typename ScalarOf<V>::type;
+    for (int r = 0; r < count; ++r) {
+      S* lanes = reinterpret_cast<S*>(rows + static_cast<int64_t>(r) * stride);
+      for (int l = valid; l < ScalarOf<V>::lanes; ++l) lanes[l] = S(0);
+    }
   }
 }
 

@@ -21,6 +21,7 @@ PreprocessKernels kernels() {
 
 at::Tensor preprocess_cpu(const at::Tensor& x, double p, double log_eps, bool strict) {
   check_float("preprocess", "x", x);
+  check_preprocess_options("preprocess", p, log_eps, x.scalar_type());
   const at::Tensor xc = x.contiguous();
   auto out_shape = x.sizes().vec();
   out_shape.push_back(2);
@@ -40,6 +41,7 @@ at::Tensor preprocess_backward_cpu(const at::Tensor& grad_out, const at::Tensor&
                                double log_eps, bool strict) {
   check_float("preprocess_backward", "x", x);
   check_same("preprocess_backward", "grad_out", grad_out, x);
+  check_preprocess_options("preprocess_backward", p, log_eps, x.scalar_type());
   auto out_shape = x.sizes().vec();
   out_shape.push_back(2);
   TORCH_CHECK(grad_out.sizes().vec() == out_shape, "learnedopt::preprocess_backward: grad_out has shape ",

@@ -40,8 +40,9 @@ namespace LO_CAPABILITY {
 // Fewest coordinates worth handing to a thread in the forward (thousands of FLOPs each).
 constexpr int64_t kTurtleForwardGrain = 256;
 
-// Lanes j..j+W-1 of p, the lanes at or beyond `end` read as 0 (a zero coordinate contributes
-// exactly 0 to every weight gradient, since its output gradients are 0 too).
+// Lanes j..j+W-1 of p, the lanes at or beyond `end` read as 0. (Such a padding lane's weight-
+// gradient terms are not 0 in general: with an Inf meta-weight its activations are 0 · Inf = NaN.
+// The backward zeroes them in the stage, see turtle_backward_impl.)
 template <typename V, typename S, int W>
 inline V load_lanes(const S* LO_RESTRICT p, int64_t j, int64_t end) {
   if constexpr (W == 1) {
@@ -116,11 +117,16 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
       V ones[kTurtleGradSlots];  // the bias "input"
       for (V& one : ones) one = splat<V>(1);
       int slot = 0;  // the vector's column in the staging rows
+      int valid = W;  // lanes of the vector that are coordinates (fewer in the chunk's tail)
       auto layer_grad = [&](int k, const V* dz, int out, const V* in_act, int in, auto, auto) {
         V* dz_rows = dz_block + k * layer_block + slot;
         V* in_rows = in_block + k * layer_block + slot;
         for (int o = 0; o < out; ++o) dz_rows[o * kTurtleGradSlots] = dz[o];
         for (int i = 0; i < in; ++i) in_rows[i * kTurtleGradSlots] = in_act[i];
+        if (valid < W) {  // padding lanes stay out of the sums
+          zero_padding_lanes(dz_rows, out, kTurtleGradSlots, valid);
+          zero_padding_lanes(in_rows, in, kTurtleGradSlots, valid);
+        }
       };
       auto flush = [&](int count) {  // dW_k += dz a^T and db_k += dz over the staged vectors
         for (int k = 0; k < net.layers; ++k) {
@@ -132,6 +138,7 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
         }
       };
       for (int64_t j = begin; j < end; j += W) {
+        valid = end - j < W ? static_cast<int>(end - j) : W;
         V d_grad, d_m, d_alpha;
         const V d_theta_new = load_lanes<V, S, W>(a.d_theta_new, j, end);
         turtle_backward<kH>(d_theta_new, load_lanes<V, S, W>(a.d_m_new, j, end),

@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
   constexpr const char* op = "meta_lstm_step";
   const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
                                        w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
-  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
+  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw, p, log_eps);
   check_cuda(op, "theta", theta);
   const c10::cuda::CUDAGuard guard(theta.device());
   const std::vector<at::Tensor> in = contiguous_all(raw);
@@ -66,7 +66,7 @@ MetaLSTMInputGrads meta_lstm_step_backward_cuda(
   constexpr const char* op = "meta_lstm_step_backward";
   const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
                                        w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
-  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw);
+  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw, p, log_eps);
   check_cuda(op, "theta", theta);
   const std::vector<at::Tensor> raw_g = {g_theta_new, g_h_new, g_c_new, g_f, g_i};
   check_meta_lstm_output_grads(op, raw_g, raw);

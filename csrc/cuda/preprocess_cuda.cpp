@@ -22,6 +22,7 @@ std::vector<int64_t> with_pair_dim(const at::Tensor& x) {
 at::Tensor preprocess_cuda(const at::Tensor& x, double p, double log_eps, bool strict) {
   check_float("preprocess", "x", x);
   check_cuda("preprocess", "x", x);
+  check_preprocess_options("preprocess", p, log_eps, x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty(with_pair_dim(x), x.options());
@@ -44,6 +45,7 @@ at::Tensor preprocess_backward_cuda(const at::Tensor& grad_out, const at::Tensor
   check_cuda("preprocess_backward", "x", x);
   check_same("preprocess_backward", "grad_out", grad_out, x);
   check_shape("preprocess_backward", "grad_out", grad_out, with_pair_dim(x));
+  check_preprocess_options("preprocess_backward", p, log_eps, x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   // The kernel reads grad_out as (x1, x2) pairs of 2 * sizeof(S) bytes, which must be aligned to

@@ -65,12 +65,15 @@ __global__ void __launch_bounds__(kBackwardThreads<kH>)
   double* LO_RESTRICT row = partials + int64_t(blockIdx.x) * net.num_params;
   for (int64_t p = tid; p < net.num_params; p += kThreads) row[p] = 0.0;
 
+  // Whether this thread's coordinate exists; a thread past the end stages zeros (its own terms
+  // can be 0 · Inf = NaN under an Inf meta-weight, and 0 times them would still be NaN).
+  bool active = false;
   // Called by every thread of the block for every layer (the math is uniform), hence the barriers.
   auto layer_grad = [&](int k, const S* dz, int out, const S* in_act, int in, auto out_count,
                         auto in_count) {
     constexpr int kOut = decltype(out_count)::value, kIn = decltype(in_count)::value;
-    for_n<kOut>(out, [&](int o) { stage_dz[tid * kStride + o] = dz[o]; });
-    for_n<kIn>(in, [&](int i) { stage_in[tid * kStride + i] = in_act[i]; });
+    for_n<kOut>(out, [&](int o) { stage_dz[tid * kStride + o] = active ? dz[o] : S(0); });
+    for_n<kIn>(in, [&](int i) { stage_in[tid * kStride + i] = active ? in_act[i] : S(0); });
     __syncthreads();
     const int weights = out * in;
     for (int p = tid; p < weights + out; p += kThreads) {
@@ -90,8 +93,8 @@ __global__ void __launch_bounds__(kBackwardThreads<kH>)
   const int64_t tiles = (a.n + kThreads - 1) / kThreads;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t j = tile * kThreads + tid;
-    const bool active = j < a.n;
-    // A coordinate past the end takes part in the barriers with zeros, which add exactly 0.
+    active = j < a.n;
+    // A coordinate past the end takes part in the barriers with zero inputs (and stages zeros).
     const S zero = S(0);
     S d_grad, d_m, d_alpha;
     const S d_theta_new = active ? a.d_theta_new[j] : zero;

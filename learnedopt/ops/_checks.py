@@ -1,16 +1,29 @@
 """Argument checks shared by every op wrapper, so that both backends refuse bad input the same way.
 
-Each message names the op, the argument and what was expected. The C++ glue repeats the essential
-checks (a direct ``torch.ops.learnedopt`` call must not crash either), but this is where a user
-normally meets them.
+Each message names the op, the argument and what was expected. The same checks hold at the op
+boundary, since ``torch.ops.learnedopt`` is public: the fake kernels (learnedopt/ops/*.py) call
+these functions, and the C++ glue repeats them (csrc/common/*glue.h) for the CPU and CUDA
+kernels; the reference (learnedopt/reference.py) refuses bad preprocessing options through
+:func:`check_preprocess_options` too. The wrappers are where a user normally meets them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+# The valid range of the preprocessing options (csrc/common/preprocess_math.h enforces the same at
+# the C++ op boundary). Within it every finite x has finite outputs and a finite derivative:
+#   p in [p_min, p_max] (per dtype, preprocess_p_range): e^p and e^-p are normal numbers of the
+#     dtype, so the small branch's e^p·x cannot overflow and the threshold e^-p is no subnormal;
+#     and log(|x| + log_eps)/p stays finite for |x| up to the dtype's max.
+#   log_eps in [0, LOG_EPS_MAX]: an epsilon (1e-8 in the Ravi/Larochelle port); the bound keeps
+#     |x| + log_eps finite for every finite x.
+LOG_EPS_MAX = 1.0
 
 
 def check_tensor(op: str, name: str, t: object, like: Tensor | None = None,
@@ -43,3 +56,28 @@ def check_vector(op: str, name: str, t: object, like: Tensor | None = None) -> T
         raise ValueError(f"learnedopt.ops.{op}: {name} must be 1-D (one entry per coordinate; "
                          f"flatten the parameters first), got shape {tuple(t.shape)}")
     return t
+
+
+def preprocess_p_range(dtype: torch.dtype) -> tuple[float, float]:
+    """[p_min, p_max] for inputs of ``dtype``: p_max = -ln(smallest normal number), so that e^p and
+    e^-p are both normal (87.34 for float32, 708.40 for float64); p_min = 2·ln(max)/max, so that
+    log|x|/p is finite for every finite x (the 2 a margin for rounding)."""
+    info = torch.finfo(dtype)
+    return 2.0 * math.log(info.max) / info.max, -math.log(info.tiny)
+
+
+# Computed once: the check runs on every op call.
+_P_RANGES = {dtype: preprocess_p_range(dtype) for dtype in SUPPORTED_DTYPES}
+
+
+def check_preprocess_options(op: str, p: float, log_eps: float, dtype: torch.dtype) -> None:
+    """p and log_eps within their valid range for inputs of ``dtype`` (NaN fails every test)."""
+    p_min, p_max = _P_RANGES[dtype] if dtype in _P_RANGES else preprocess_p_range(dtype)
+    if not p_min <= p <= p_max:
+        raise ValueError(
+            f"learnedopt.ops.{op}: p must be in [{p_min:.6g}, {p_max:.6g}] for "
+            f"{str(dtype).removeprefix('torch.')} (e^p and e^-p normal numbers, log|x|/p finite "
+            f"for every finite x), got {p!r}")
+    if not 0.0 <= log_eps <= LOG_EPS_MAX:
+        raise ValueError(f"learnedopt.ops.{op}: log_eps must be in [0, {LOG_EPS_MAX:g}] (an epsilon "
+                         f"inside log(|x| + log_eps)), got {log_eps!r}")

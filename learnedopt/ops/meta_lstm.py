@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -17,8 +15,8 @@ FAST_HIDDEN_SIZES = (20,)
 MAX_HIDDEN = 64
 
 
-def _check(theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i, p):
-    op = "meta_lstm_step"
+def _check(theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i, p,
+           log_eps, op="meta_lstm_step"):
     _checks.check_vector(op, "theta", theta)
     n = theta.shape[0]
     _checks.check_tensor(op, "h", h, theta)
@@ -46,8 +44,8 @@ def _check(theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f,
         _checks.check_tensor(op, name, t, theta, shape=(hidden + 2,))
     for name, t in (("b_f", b_f), ("b_i", b_i)):
         _checks.check_tensor(op, name, t, theta, shape=(1,))
-    if not (p > 0 and math.isfinite(p)):
-        raise ValueError(f"learnedopt.ops.{op}: p must be finite and > 0, got {p}")
+    # Checked in either input mode (the raw-gradient one does not use them), as everywhere.
+    _checks.check_preprocess_options(op, p, log_eps, theta.dtype)
 
 
 def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tensor,
@@ -60,9 +58,12 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
     Returns (theta_new, h_new, c_new, f, i); see :func:`learnedopt.reference.meta_lstm_step`
     for the shapes and the math. The input mode follows ``w_ih.shape[1]``: 4 for Ravi's
     preprocessed [loss, grad], 1 for the raw gradient (the enhanced LSTM; ``loss`` is then unused).
+    ``p`` and ``log_eps`` are those of :func:`learnedopt.ops.preprocess`, with its valid range
+    (checked in both modes); out-of-range options, wrong shapes, dtypes or devices raise here, in
+    the fake kernel and at ``torch.ops.learnedopt.meta_lstm_step`` alike.
     """
     args = (theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i)
-    _check(*args, p)
+    _check(*args, p, log_eps)
     if _backend.use_fused(theta.device, "meta_lstm_step"):
         if _functorch.active():
             return _functorch.MetaLSTMStep.apply(*args, float(p), float(log_eps), bool(strict))
@@ -73,12 +74,23 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
 # Fake kernels: shapes for torch.compile and the meta device. Autograd is registered in C++
 # (csrc/autograd/), with the CPU and CUDA kernels.
 if _extension._C is not None:
+    # They check what the wrapper checks: torch.ops.learnedopt is public, and a fake kernel also
+    # runs for a real call that mixes meta and real tensors.
     @torch.library.register_fake("learnedopt::meta_lstm_step")
     def _(theta, grad, loss, h, c, *rest):
+        _check(theta, grad, loss, h, c, *rest[:-1])  # all but `strict`
         # Contiguous outputs whatever the inputs' strides, as the kernels return them.
         return (theta.new_empty(theta.shape), h.new_empty(h.shape), c.new_empty(c.shape),
                 theta.new_empty(theta.shape), theta.new_empty(theta.shape))
 
     @torch.library.register_fake("learnedopt::meta_lstm_step_backward")
     def _(g_theta, g_h, g_c, g_f, g_i, *inputs_and_args):
-        return tuple(t.new_empty(t.shape) for t in inputs_and_args[:len(INPUT_NAMES)])
+        op = "meta_lstm_step_backward"
+        inputs = inputs_and_args[:len(INPUT_NAMES)]
+        p, log_eps, _strict = inputs_and_args[len(INPUT_NAMES):]
+        _check(*inputs, p, log_eps, op=op)
+        theta, h = inputs[0], inputs[3]
+        for name, g, like in (("grad_theta_new", g_theta, theta), ("grad_h_new", g_h, h),
+                              ("grad_c_new", g_c, h), ("grad_f", g_f, theta), ("grad_i", g_i, theta)):
+            _checks.check_tensor(op, name, g, theta, shape=tuple(like.shape))
+        return tuple(t.new_empty(t.shape) for t in inputs)

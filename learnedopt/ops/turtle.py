@@ -15,13 +15,13 @@ MAX_WIDTH = 64  # widest hidden layer the kernels hold per coordinate
 MAX_LAYERS = 16
 
 
-def _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
-    op = "turtle_step"
+def _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp, op="turtle_step"):
     _checks.check_vector(op, "theta", theta)
     n = theta.shape[0]
     for name, v in (("grad", grad), ("m", m), ("alpha", alpha)):
         _checks.check_tensor(op, name, v, theta, shape=(n,))
-    if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+    # (A SymInt where torch.compile traces the fake kernel with a dynamic t.)
+    if not isinstance(t, (int, torch.SymInt)) or isinstance(t, bool) or t < 0:
         raise ValueError(f"learnedopt.ops.{op}: t must be a step index (int >= 0), got {t!r}")
     if len(weights) != len(biases) or not 1 <= len(weights) <= MAX_LAYERS:
         raise ValueError(f"learnedopt.ops.{op}: expected 1..{MAX_LAYERS} layers with one bias each, "
@@ -37,8 +37,9 @@ def _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
         if fan_in is not None and w.shape[1] != fan_in:
             raise ValueError(f"learnedopt.ops.{op}: weights[{k}] has {w.shape[1]} inputs but the "
                              f"previous layer has {fan_in} outputs")
-        if w.shape[0] > MAX_WIDTH:
-            raise ValueError(f"learnedopt.ops.{op}: layer width {w.shape[0]} exceeds {MAX_WIDTH}")
+        if not 1 <= w.shape[0] <= MAX_WIDTH:
+            raise ValueError(f"learnedopt.ops.{op}: weights[{k}] has {w.shape[0]} outputs; layer "
+                             f"widths must lie in 1..{MAX_WIDTH}")
         _checks.check_tensor(op, f"biases[{k}]", b, theta, shape=(w.shape[0],))
         fan_in = w.shape[0]
     if fan_in != 1:
@@ -68,13 +69,20 @@ def turtle_step(theta: Tensor, grad: Tensor, m: Tensor, t: int, alpha: Tensor,
 # Fake kernels: shapes for torch.compile and the meta device. Autograd is registered in C++
 # (csrc/autograd/), with the CPU and CUDA kernels.
 if _extension._C is not None:
+    # They check what the wrapper checks: torch.ops.learnedopt is public, and a fake kernel also
+    # runs for a real call that mixes meta and real tensors.
     @torch.library.register_fake("learnedopt::turtle_step")
     def _(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
+        _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp)
         # Contiguous outputs whatever the inputs' strides, as the kernels return them.
         return theta.new_empty(theta.shape), theta.new_empty(theta.shape)
 
     @torch.library.register_fake("learnedopt::turtle_step_backward")
     def _(g_theta, g_m, theta, grad, m, t, alpha, weights, biases, beta, grad_clamp):
+        op = "turtle_step_backward"
+        _check(theta, grad, m, t, alpha, weights, biases, beta, grad_clamp, op=op)
+        for name, g in (("grad_theta_new", g_theta), ("grad_m_new", g_m)):
+            _checks.check_tensor(op, name, g, theta, shape=tuple(theta.shape))
         return (theta.new_empty(theta.shape), grad.new_empty(grad.shape), m.new_empty(m.shape),
                 alpha.new_empty(alpha.shape), [w.new_empty(w.shape) for w in weights],
                 [b.new_empty(b.shape) for b in biases])
