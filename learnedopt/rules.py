@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from learnedopt import ops
+from learnedopt.ops import _checks
 from learnedopt.ops.meta_lstm import MAX_HIDDEN as LSTM_MAX_HIDDEN
 from learnedopt.ops.turtle import MAX_LAYERS as TURTLE_MAX_LAYERS
 from learnedopt.ops.turtle import MAX_WIDTH as TURTLE_MAX_WIDTH
@@ -69,9 +70,12 @@ class MetaLSTMRule(nn.Module):
             raise ValueError(f"{where}: input_size must be 4 (preprocessed [loss, grad]) or 1 "
                              f"(raw gradient), got {input_size}")
         _require_int(where, "hidden_size", hidden_size, 1, LSTM_MAX_HIDDEN)
-        _require_real(where, "p", p, lambda v: v > 0 and math.isfinite(v), "finite and > 0")
-        _require_real(where, "log_eps", log_eps, lambda v: v >= 0 and math.isfinite(v),
-                      "finite and >= 0")
+        # The op's own ranges (learnedopt.ops._checks), for float32 inputs: the narrower of the
+        # two dtypes', so a rule that passes runs in either.
+        p_min, p_max = _checks.preprocess_p_range(torch.float32)
+        _require_real(where, "p", p, lambda v: p_min <= v <= p_max, f"in [{p_min:.6g}, {p_max:.6g}]")
+        _require_real(where, "log_eps", log_eps, lambda v: 0.0 <= v <= _checks.LOG_EPS_MAX,
+                      f"in [0, {_checks.LOG_EPS_MAX:g}]")
         if not isinstance(strict, bool):
             raise TypeError(f"{where}: strict must be a bool, got {strict!r}")
 
