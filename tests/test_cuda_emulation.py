@@ -178,6 +178,43 @@ def test_the_device_is_back_to_132_sms_after_emulating_a_smaller_one():
     assert "sms=132 " in emu.emulator_probe("attributes")
 
 
+# -- other GPUs ------------------------------------------------------------------------------------
+
+# The GPUs of the default build's architectures (sm_90, sm_80, sm_89; sm_86 has sm_89's 99 KiB).
+TARGETED_GPUS = ("H100", "A100", "RTX 4090")
+
+
+@pytest.mark.parametrize("gpu", TARGETED_GPUS)
+def test_the_kernels_fit_every_gpu_the_build_targets(gpu):
+    """The shapes that stage the most shared memory (LSTM hidden 20 and 64, TURTLE's paper, wide
+    and 16-layer nets), float32 and float64, on each GPU's SM count and shared-memory limits."""
+    from tests import test_meta_lstm_op as lstm
+    from tests import test_turtle_op as turtle
+
+    needs_emulation()
+    with cuda_emulation.emulated_kernels(), cuda_emulation.device(gpu):
+        for dtype in (torch.float32, torch.float64):
+            for hidden in (20, 64):
+                lstm.compare(lstm.make_inputs(70, hidden, 4, dtype, seed=hidden), dtype)
+            for net in ("paper", "wide", "deep_wide"):
+                turtle.check_against_reference(70, dtype, net, 2, 10.0, seed=5)
+
+
+def test_a_launch_failure_is_reported_and_does_not_fail_the_next_op():
+    """A T4's 64 KiB of opt-in shared memory is less than the float64 LSTM backward stages: the op
+    fails with CUDA's error and the emulator's reason, and the next op, which fits, runs."""
+    from tests import test_meta_lstm_op as lstm
+
+    needs_emulation()
+    with cuda_emulation.emulated_kernels(), cuda_emulation.device("T4"):
+        inputs = lstm.make_inputs(50, 20, 4, torch.float64, seed=3)
+        grads = lstm.output_grads(lstm.run("reference", inputs)[0])
+        with pytest.raises(RuntimeError, match=r"meta_lstm_step_backward: CUDA kernel failed: invalid argument "
+                                               r"\[CUDA emulation: cudaFuncSetAttribute"):
+            lstm.run("fused", inputs, grads)
+        lstm.compare(lstm.make_inputs(50, 20, 4, torch.float32, seed=3), torch.float32)
+
+
 # -- the build -------------------------------------------------------------------------------------
 
 def test_the_cache_key_follows_every_source(tmp_path):
