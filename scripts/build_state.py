@@ -82,14 +82,15 @@ def record() -> None:
                                  "extension_sha256": file_hash(so)}, indent=1) + "\n")
 
 
-_STEP = re.compile(r"^\[(\d+)/(\d+)\]\s")
+_STEP = re.compile(r"^\s*\[(\d+)/(\d+)\]\s")  # pip -v indents the build output
 _SOURCE = re.compile(r"\s-c\s+(\S+)")
 
 
 def progress(lines, out=sys.stdout) -> None:
-    """Prints one line per compile step ('[3/27] csrc/cpu/turtle_avx2.cpp') and every compiler
-    diagnostic; everything goes to .cache/build.log."""
+    """Prints one line per compile step ('[3/27] csrc/cpu/turtle_avx2.cpp') and every error, and
+    counts the warnings; everything goes to .cache/build.log."""
     LOG.parent.mkdir(exist_ok=True)
+    warnings = 0
     with LOG.open("w") as log:
         for line in lines:
             log.write(line)
@@ -99,9 +100,13 @@ def progress(lines, out=sys.stdout) -> None:
                 what = os.path.relpath(source.group(1), REPO) if source else line[step.end():].split()[0]
                 out.write(f"  [{step.group(1)}/{step.group(2)}] {what}\n")
                 out.flush()
-            elif re.search(r"\berror\b|\bError\b|warning:", line):
+            elif re.search(r"\berror\b|\bError\b", line):
                 out.write(line)
                 out.flush()
+            elif "warning:" in line:
+                warnings += 1
+    if warnings:
+        out.write(f"  ({warnings} compiler warnings: see {os.path.relpath(LOG, REPO)})\n")
 
 
 def main(argv: list[str]) -> int:
