@@ -83,7 +83,7 @@ def record() -> None:
 
 
 _STEP = re.compile(r"^\s*\[(\d+)/(\d+)\]\s")  # pip -v indents the build output
-_SOURCE = re.compile(r"\s-c\s+(\S+)")
+_SOURCE = re.compile(r"\s-c\s+(\S+\.(?:cpp|cu))\s")
 
 
 def progress(lines, out=sys.stdout) -> None:
