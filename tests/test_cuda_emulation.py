@@ -243,7 +243,7 @@ def run_pytest(test: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_missing_hip_cpu_skips_with_the_reason_and_fails_ci(tmp_path):
-    test = "tests/test_preprocess_op.py::test_gradcheck_float64[emulated]"
+    test = "tests/test_cuda_emulation.py::test_every_probe_is_checked"
     missing = str(tmp_path / "no-hip-cpu")
     user = run_pytest(test, LEARNEDOPT_HIP_CPU=missing, LEARNEDOPT_NO_CPU_SKIPS="1",
                       **{cuda_emulation.REQUIRE_VARIABLE: "0"})
