@@ -106,14 +106,21 @@ def mutate(mutant: Mutant, dest: Path) -> None:
                 target.write_text(text)
 
 
-def run_tests(library: Path, tests: str) -> tuple[bool, str, float]:
-    """(all passed, the first failing test or '', seconds) for the emulated tests of ``tests``."""
+def run_tests(library: Path, tests: list[str]) -> tuple[str, str, float]:
+    """("passed" | "failed" | "error", the first failing test or pytest's complaint, seconds) for the
+    emulated tests of ``tests``; "error" when pytest could not run them at all."""
     env = {**os.environ, LIBRARY_VARIABLE: str(library), "PYTHONPATH": str(REPO)}
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "emulated",
-                             tests], cwd=REPO, env=env, capture_output=True, text=True)
+                             *tests], cwd=REPO, env=env, capture_output=True, text=True)
     failed = [line.split(" ", 2)[1] for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
-    return result.returncode == 0, (failed[0] if failed else ""), time.monotonic() - start
+    seconds = time.monotonic() - start
+    if result.returncode == 0:
+        return "passed", "", seconds
+    if result.returncode == 1 and failed:
+        return "failed", failed[0], seconds
+    last = (result.stdout + result.stderr).strip().splitlines()[-1:]
+    return "error", f"pytest exit {result.returncode}: {' '.join(last)}", seconds
 
 
 def build_mutant(csrc: Path) -> Path | None:
@@ -147,11 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     csrc = WORK / "csrc"
     ok = True
     baseline, _ = build.build(verbose=False)  # the unmutated library: its suite must pass first
-    passed, failing, seconds = run_tests(baseline, " ".join(sorted({m.tests for m in chosen})))
-    lines.append(f"unmutated | - | {'passes' if passed else 'FAILS'} | {failing or '-'} | {seconds:.0f} s")
+    outcome, failing, seconds = run_tests(baseline, sorted({m.tests for m in chosen}))
+    lines.append(f"unmutated | - | {'passes' if outcome == 'passed' else 'FAILS'} | {failing or '-'} | {seconds:.0f} s")
     print(lines[-1], flush=True)
-    if not passed:
-        ok = False
+    ok = outcome == "passed"
     for mutant in chosen:
         try:
             mutate(mutant, csrc)
@@ -165,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{mutant.name} | csrc/{mutant.file} | DOES NOT BUILD | - | -")
             ok = False
         else:
-            passed, failing, seconds = run_tests(library, mutant.tests)
-            lines.append(f"{mutant.name} | csrc/{mutant.file} | {'SURVIVED' if passed else 'killed'} | "
-                         f"{failing or '-'} | {seconds:.0f} s")
-            ok &= not passed
+            outcome, failing, seconds = run_tests(library, [mutant.tests])
+            result = {"passed": "SURVIVED", "failed": "killed", "error": "TESTS DID NOT RUN"}[outcome]
+            lines.append(f"{mutant.name} | csrc/{mutant.file} | {result} | {failing or '-'} | {seconds:.0f} s")
+            ok &= outcome == "failed"
         print(lines[-1], flush=True)
     shutil.rmtree(csrc, ignore_errors=True)
     if not args.only:
