@@ -3,7 +3,7 @@ deliberate CUDA bug (a removed __syncthreads(), an off-by-one in a grid-stride o
 missing shared-memory opt-in, the glue's alignment copy gone); it is built as the emulated library
 and the emulated tests of its op are run against it. Every mutant must be killed (some test fails).
 
-    python -m tests.cuda_emulation.mutants              # all mutants (about a minute each on 2 cores)
+    python -m tests.cuda_emulation.mutants              # all mutants (about a minute each on 2 cores, 16 minutes in all)
     python -m tests.cuda_emulation.mutants --only NAME  # one of them
     python -m tests.cuda_emulation.mutants --list
 
