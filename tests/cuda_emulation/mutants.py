@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Mutation check of the emulated CUDA suite: python -m tests.cuda_emulation.mutants",
              f"# {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, commit "
              f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True).stdout.strip()}"
-             f"{' (with uncommitted changes)' if subprocess.run(['git', 'status', '--porcelain', 'csrc', 'tests'], cwd=REPO, capture_output=True, text=True).stdout.strip() else ''}",
+             f"{' (with uncommitted changes)' if subprocess.run(['git', 'status', '--porcelain', 'csrc', 'tests', f':!{RESULTS.relative_to(REPO)}'], cwd=REPO, capture_output=True, text=True).stdout.strip() else ''}",
              "# mutant | csrc file | result | first failing test | test time"]
     csrc = WORK / "csrc"
     ok = True
