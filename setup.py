@@ -52,6 +52,8 @@ def extension():
     # become one FMA on the AVX2/AVX-512 paths; it changes no result beyond rounding.
     cxx = opt + ["-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
     include_dirs = [os.path.join(HERE, "csrc")]
+    # The headers too, so that a changed header rebuilds the extension (setuptools compares times).
+    depends = sources("csrc/*/*.h")
     cpp = sources("csrc/*.cpp") + sources("csrc/autograd/*.cpp") + sources("csrc/cpu/*.cpp")
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -59,12 +61,22 @@ def extension():
         nvcc = opt + ["-std=c++20", "-lineinfo"]
         return CUDAExtension(
             "learnedopt._C", cpp + sources("csrc/cuda/*.cpp") + sources("csrc/cuda/*.cu"),
-            include_dirs=include_dirs,
+            include_dirs=include_dirs, depends=depends,
             define_macros=[("LEARNEDOPT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             extra_link_args=["-fopenmp"])
-    return CppExtension("learnedopt._C", cpp, include_dirs=include_dirs,
+    return CppExtension("learnedopt._C", cpp, include_dirs=include_dirs, depends=depends,
                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
 
 
-setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+class BuildInTree(BuildExtension.with_options(use_ninja=True)):
+    """Keeps the object files in build/temp, where ninja recompiles only what changed, also under
+    `pip install -e .`, which would otherwise compile everything in a fresh temporary folder."""
+
+    def finalize_options(self):
+        if self.build_temp is None:
+            self.build_temp = os.path.join(HERE, "build", "temp")
+        super().finalize_options()
+
+
+setup(ext_modules=[extension()], cmdclass={"build_ext": BuildInTree})

@@ -12,6 +12,7 @@ as the reference's are.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -19,6 +20,7 @@ import torch
 
 from learnedopt import reference
 from learnedopt.ops import available, turtle_step, use_backend
+from tests import cuda_emulation
 from tests.conftest import CPU_CAPABILITIES, cpu_capability
 
 pytestmark = pytest.mark.skipif(not available("cpu", "turtle_step"),
@@ -31,6 +33,8 @@ NETS = {
     "odd_gm": (2, [33, 7]),
     "linear": (3, []),                    # a single layer, 3 -> 1
     "shallow": (2, [20]),                 # the unrolled kernel with no 20 -> 20 layer
+    "wide": (3, [64, 64]),                # CUDA: the backward opts in to more than 48 KiB of shared memory
+    "deep_wide": (2, [64] * 15),          # 16 layers, 58k parameters: more than a GPU block's shared memory
 }
 MATRIX_NETS = ["paper", "paper_gm", "odd", "odd_gm", "linear"]
 
@@ -171,14 +175,18 @@ def move_off_relu_kinks(state, weights, biases, t, grad_clamp):
     return [theta, grad, m, alpha]
 
 
-def check_against_reference(n, dtype, net, t, grad_clamp, seed=0, equal_nan=False, state=None):
+def check_against_reference(n, dtype, net, t, grad_clamp, seed=0, equal_nan=False, state=None, device="cpu"):
+    """The fused op on `device` against the float64 reference on the CPU; returns the fused op's
+    outputs and gradients (on the CPU)."""
     gen = torch.Generator().manual_seed(seed)
     weights, biases = make_net(net, dtype, gen)
     state = make_state(n, dtype, gen) if state is None else state
     state = move_off_relu_kinks(state, weights, biases, t, grad_clamp)
     g_theta = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
     g_m = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-    got = run_with_grads(fused_op, state, weights, biases, t, grad_clamp, g_theta, g_m)
+    on = lambda xs: [x.to(device) for x in xs]  # noqa: E731
+    got = run_with_grads(fused_op, on(state), on(weights), on(biases), t, grad_clamp, *on((g_theta, g_m)))
+    got = [x.cpu() for x in got]
     want = run_with_grads(reference.turtle_step, state, weights, biases, t, grad_clamp, g_theta, g_m,
                           dtype=torch.float64)
     magnitudes = [None] * 6 + sum_magnitudes(state, weights, biases, t, grad_clamp, g_theta, g_m)
@@ -191,12 +199,33 @@ def check_against_reference(n, dtype, net, t, grad_clamp, seed=0, equal_nan=Fals
 @pytest.mark.parametrize("n", [1, 7, 1000, 100003])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("net", MATRIX_NETS)
-def test_matches_reference(n, dtype, net):
+def test_matches_reference(n, dtype, net, device):
     # Every combination of t and the clamp at the smaller sizes; one at the largest, which is
     # there for the chunking and tails of the parallel loops.
     combos = [(3, 10.0)] if n > 1000 else [(t, c) for t in (0, 3) for c in (math.inf, 10.0)]
     for t, grad_clamp in combos:
-        check_against_reference(n, dtype, net, t, grad_clamp, seed=n + t)
+        check_against_reference(n, dtype, net, t, grad_clamp, seed=n + t, device=device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("net", ["wide", "deep_wide", "shallow"])
+def test_wide_and_deep_nets(dtype, net, device):
+    """Run-time widths at the 64 limit and 16 layers: on CUDA the parameters no longer fit a block's
+    shared memory (read from global memory), or only after opting in to more than 48 KiB."""
+    for n, t in ((3, 0), (517, 2)):
+        check_against_reference(n, dtype, net, t, 10.0, seed=n + t, device=device)
+
+
+def test_more_coordinates_than_one_grid(cuda_device):
+    """The forward kernel's grid-stride loop going round several times (on a GPU with a million
+    coordinates, emulated with a 1-SM GPU: grids of 32 blocks of 256), and the backward's tile loop
+    striding past its 1024 blocks of 128 (paper net) or 64 (run-time widths) coordinates."""
+    n = 20011 if cuda_device.emulated else 1_100_003
+    with cuda_emulation.multiprocessors(1) if cuda_device.emulated else contextlib.nullcontext():
+        check_against_reference(n, torch.float32, "paper", 3, 10.0, seed=31, device=cuda_device)
+        check_against_reference(n, torch.float64, "odd", 0, math.inf, seed=32, device=cuda_device)
+    check_against_reference(140001, torch.float32, "paper", 2, 10.0, seed=33, device=cuda_device)
+    check_against_reference(70001, torch.float32, "odd_gm", 2, 10.0, seed=34, device=cuda_device)
 
 
 @pytest.mark.parametrize("capability", CPU_CAPABILITIES)
@@ -208,17 +237,17 @@ def test_every_cpu_capability(capability):
                 check_against_reference(1037, dtype, net, 2, 10.0, seed=5)
 
 
-def test_no_coordinates():
+def test_no_coordinates(device):
     for t in (0, 2):
-        got = check_against_reference(0, torch.float32, "paper", t, 10.0)
+        got = check_against_reference(0, torch.float32, "paper", t, 10.0, device=device)
         assert all(torch.equal(x, torch.zeros_like(x)) for x in got[6:]), "sums over nothing are 0"
 
 
-def test_clamp_derivative_includes_the_bounds():
+def test_clamp_derivative_includes_the_bounds(device):
     gen = torch.Generator().manual_seed(1)
-    weights, biases = make_net("paper", torch.float64, gen)
-    state = make_state(8, torch.float64, gen)  # grad[:4] = 10, -10, 25, -40
-    ones = torch.ones(8, dtype=torch.float64)
+    weights, biases = make_net("paper", torch.float64, gen, device)
+    state = make_state(8, torch.float64, gen, device)  # grad[:4] = 10, -10, 25, -40
+    ones = torch.ones(8, dtype=torch.float64, device=device)
     d_grad = run_with_grads(fused_op, state, weights, biases, 1, 10.0, ones, ones)[3]
     assert (d_grad[:2] != 0).all(), "the derivative at |grad| == grad_clamp must pass (torch.clamp)"
     assert (d_grad[2:4] == 0).all(), "beyond the clamp the gradient must be 0"
@@ -243,23 +272,23 @@ def edge_state(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("grad_clamp", [math.inf, 10.0])
-def test_edge_values(dtype, grad_clamp):
+def test_edge_values(dtype, grad_clamp, device):
     for t in (0, 1):
-        got = check_against_reference(12, dtype, "paper", t, grad_clamp, state=edge_state(dtype))
+        got = check_against_reference(12, dtype, "paper", t, grad_clamp, state=edge_state(dtype), device=device)
         for x in got:
             assert not torch.isnan(x).any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("grad_clamp", [math.inf, 10.0])
-def test_nan_stays_in_its_coordinate(dtype, grad_clamp):
+def test_nan_stays_in_its_coordinate(dtype, grad_clamp, device):
     n = 40  # more than one SIMD vector, so NaN lanes share vectors with clean ones
     gen = torch.Generator().manual_seed(2)
     state = make_state(n, dtype, gen)
     nan_at = {"theta": 3, "grad": 17, "m": 21, "alpha": 30}
     for k, (name, j) in enumerate(nan_at.items()):
         state[k][j] = math.nan
-    got = check_against_reference(n, dtype, "odd", 2, grad_clamp, equal_nan=True, state=state)
+    got = check_against_reference(n, dtype, "odd", 2, grad_clamp, equal_nan=True, state=state, device=device)
     theta_new, m_new, d_theta, d_grad, d_m, d_alpha = got[:6]
     poisoned = torch.zeros(n, dtype=torch.bool)
     poisoned[list(nan_at.values())] = True
@@ -270,10 +299,10 @@ def test_nan_stays_in_its_coordinate(dtype, grad_clamp):
         assert torch.isfinite(x[~poisoned]).all(), f"{what}: NaN leaked into clean coordinates"
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(device):
     gen = torch.Generator().manual_seed(3)
-    weights, biases = make_net("paper", torch.float32, gen)
-    state = [x[::2] for x in make_state(2 * 501, torch.float32, gen)]
+    weights, biases = make_net("paper", torch.float32, gen, device)
+    state = [x[::2] for x in make_state(2 * 501, torch.float32, gen, device)]
     weights = [w.t().contiguous().t() for w in weights]  # column-major (same values)
     args = (state[0], state[1], state[2], 2, state[3], weights, biases, 0.9, 10.0)
     got = fused_op(*args)
@@ -284,10 +313,10 @@ def test_non_contiguous_inputs():
 
 @pytest.mark.parametrize("t", [0, 2])
 @pytest.mark.parametrize("net", ["paper", "odd_gm", "linear", "shallow"])
-def test_gradcheck(t, net):
+def test_gradcheck(t, net, device):
     gen = torch.Generator().manual_seed(4)
-    weights, biases = make_net(net, torch.float64, gen)
-    theta, grad, m, alpha = make_state(6, torch.float64, gen)
+    weights, biases = make_net(net, torch.float64, gen, device)
+    theta, grad, m, alpha = make_state(6, torch.float64, gen, device)
     grad = grad.clamp(-9, 9)  # away from the clamp's kinks, where finite differences are wrong
     leaves = [x.clone().requires_grad_() for x in (theta, grad, m, alpha, *weights, *biases)]
     layers = len(weights)
@@ -298,35 +327,35 @@ def test_gradcheck(t, net):
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-def test_opcheck():
+def test_opcheck(device):
     gen = torch.Generator().manual_seed(6)
     for net, dtype in (("paper", torch.float32), ("odd_gm", torch.float64)):
-        weights, biases = make_net(net, dtype, gen)
-        theta, grad, m, alpha = make_state(37, dtype, gen)
+        weights, biases = make_net(net, dtype, gen, device)
+        theta, grad, m, alpha = make_state(37, dtype, gen, device)
         grad.requires_grad_()
         alpha.requires_grad_()
         weights = [w.requires_grad_() for w in weights]
         args = (theta, grad, m, 1, alpha, weights, biases, 0.9, 10.0)
         torch.library.opcheck(torch.ops.learnedopt.turtle_step.default, args)
-        g = torch.randn(37, generator=gen, dtype=torch.float64).to(dtype)
+        g = torch.randn(37, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
         back_args = (g, g.clone(), theta, grad.detach(), m, 1, alpha.detach(),
                      [w.detach() for w in weights], biases, 0.9, 10.0)
         torch.library.opcheck(torch.ops.learnedopt.turtle_step_backward.default, back_args,
                               test_utils=("test_schema", "test_faketensor"))
 
 
-def test_opcheck_non_contiguous_inputs():
+def test_opcheck_non_contiguous_inputs(device):
     """Fake and real kernels agree on the outputs' strides (contiguous) when theta is strided and
     the weights are transposed views."""
     gen = torch.Generator().manual_seed(15)
-    weights, biases = make_net("paper", torch.float64, gen)
+    weights, biases = make_net("paper", torch.float64, gen, device)
     weights = [w.t().contiguous().t() for w in weights]
-    theta, grad, m, alpha = make_state(37, torch.float64, gen)
+    theta, grad, m, alpha = make_state(37, torch.float64, gen, device)
     theta = torch.stack([theta, theta], dim=1)[:, 0]
     assert not theta.is_contiguous() and not weights[1].is_contiguous()
     args = (theta, grad, m, 1, alpha, weights, biases, 0.9, 10.0)
     torch.library.opcheck(torch.ops.learnedopt.turtle_step.default, args)
-    g = torch.randn(37, generator=gen, dtype=torch.float64)
+    g = torch.randn(37, generator=gen, dtype=torch.float64).to(device)
     torch.library.opcheck(torch.ops.learnedopt.turtle_step_backward.default,
                           (g, g.clone(), *args), test_utils=("test_schema", "test_faketensor"))
 
@@ -354,13 +383,14 @@ def test_deterministic_across_runs_and_thread_counts(n):
         assert torch.equal(a, c), f"{what} differs between 1 and 2 threads"
 
 
-def unrolled_meta_gradient(op, second_order: bool, steps: int = 5):
+def unrolled_meta_gradient(op, second_order: bool, steps: int = 5, device="cpu"):
     """A T-step TURTLE inner loop on a small regression learner; the meta-gradient of the query
     loss with respect to theta_0, alpha and the MLP (second order: through the gradient g too)."""
     gen = torch.Generator().manual_seed(8)
     dtype = torch.float64
     x_s, x_q = torch.randn(10, 3, generator=gen, dtype=dtype), torch.randn(10, 3, generator=gen, dtype=dtype)
     y_s, y_q = torch.randn(10, generator=gen, dtype=dtype), torch.randn(10, generator=gen, dtype=dtype)
+    x_s, x_q, y_s, y_q = (x.to(device) for x in (x_s, x_q, y_s, y_q))
     hidden = 4
     n = 3 * hidden + hidden + hidden + 1
 
@@ -370,27 +400,27 @@ def unrolled_meta_gradient(op, second_order: bool, steps: int = 5):
         w2 = theta[4 * hidden:5 * hidden]
         return torch.tanh(x @ w1.t() + b1) @ w2 + theta[-1]
 
-    weights, biases = make_net("paper", dtype, gen)
-    theta0 = (torch.randn(n, generator=gen, dtype=dtype) * 0.5).requires_grad_()
-    alpha = (torch.rand(n, generator=gen, dtype=dtype) * 0.1).requires_grad_()
+    weights, biases = make_net("paper", dtype, gen, device)
+    theta0 = (torch.randn(n, generator=gen, dtype=dtype) * 0.5).to(device).requires_grad_()
+    alpha = (torch.rand(n, generator=gen, dtype=dtype) * 0.1).to(device).requires_grad_()
     meta = [theta0, alpha, *[w.requires_grad_() for w in weights], *[b.requires_grad_() for b in biases]]
-    theta, m = theta0, torch.zeros(n, dtype=dtype)
+    theta, m = theta0, torch.zeros(n, dtype=dtype, device=device)
     for t in range(steps):
         loss = ((learner(theta, x_s) - y_s) ** 2).mean()
         (g,) = torch.autograd.grad(loss, theta, create_graph=second_order)
         theta, m = op(theta, g, m, t, alpha, weights, biases, 0.9, 10.0)
     query = ((learner(theta, x_q) - y_q) ** 2).mean()
-    return torch.autograd.grad(query, meta)
+    return [g.cpu() for g in torch.autograd.grad(query, meta)]
 
 
 @pytest.mark.parametrize("second_order", [True, False])
-def test_unrolled_meta_gradient(second_order):
-    got = unrolled_meta_gradient(fused_op, second_order)
+def test_unrolled_meta_gradient(second_order, device):
+    got = unrolled_meta_gradient(fused_op, second_order, device=device)
     want = unrolled_meta_gradient(reference.turtle_step, second_order)
     for a, e in zip(got, want):
         assert_matches(a, e, "meta-gradient")
     if second_order:  # the second-order term is really there: first order differs
-        first = unrolled_meta_gradient(fused_op, False)
+        first = unrolled_meta_gradient(fused_op, False, device=device)
         assert not torch.allclose(got[0], first[0])
 
 
@@ -424,10 +454,11 @@ def test_torch_compile_forward_and_backward_match_eager():
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_bad_inputs_raise_clear_errors():
+def test_bad_inputs_raise_clear_errors(device):
     gen = torch.Generator().manual_seed(10)
-    weights, biases = make_net("odd", torch.float32, gen)
-    theta, grad, m, alpha = make_state(9, torch.float32, gen)
+    weights, biases = make_net("odd", torch.float32, gen, device)
+    theta, grad, m, alpha = make_state(9, torch.float32, gen, device)
+    zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
     ok = dict(theta=theta, grad=grad, m=m, t=1, alpha=alpha, weights=weights, biases=biases,
               beta=0.9, grad_clamp=10.0)
     bad_cases = [
@@ -438,10 +469,10 @@ def test_bad_inputs_raise_clear_errors():
          "theta.*1-D"),
         (dict(t=-1), "t must"),
         (dict(weights=weights[:2], biases=biases[:2]), "last layer"),
-        (dict(weights=[torch.zeros(7, 4)] + weights[1:]), "weights\\[0\\].*columns"),
-        (dict(weights=[weights[0], torch.zeros(33, 6), weights[2]]), "weights\\[1\\]"),
+        (dict(weights=[zeros(7, 4)] + weights[1:]), "weights\\[0\\].*columns"),
+        (dict(weights=[weights[0], zeros(33, 6), weights[2]]), "weights\\[1\\]"),
         (dict(biases=[biases[0], biases[1][:3], biases[2]]), "biases\\[1\\]"),
-        (dict(weights=[torch.zeros(65, 3), torch.zeros(1, 65)], biases=[torch.zeros(65), torch.zeros(1)]),
+        (dict(weights=[zeros(65, 3), zeros(1, 65)], biases=[zeros(65), zeros(1)]),
          "65"),
         (dict(beta=1.5), "beta"),
         (dict(grad_clamp=0.0), "grad_clamp"),
@@ -461,42 +492,11 @@ def test_bad_inputs_raise_clear_errors():
                                          weights[2]], biases, 0.9, 10.0)
 
 
-cuda = pytest.mark.skipif(not (torch.cuda.is_available() and available("cuda", "turtle_step")),
-                          reason="needs a CUDA GPU and the CUDA build of the extension")
-
-
-@cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("net", ["paper", "paper_gm", "odd", "linear"])
-def test_cuda_matches_reference(dtype, net):
-    for n in (1, 1000, 100003):
-        for t in (0, 3):
-            gen = torch.Generator().manual_seed(n + t)
-            weights, biases = make_net(net, dtype, gen)
-            # As check_against_reference: no coordinate on a ReLU kink (float32 and the float64
-            # truth may take different sides), and the weight and bias gradients held to the size
-            # of the terms they sum.
-            state = move_off_relu_kinks(make_state(n, dtype, gen), weights, biases, t, 10.0)
-            g_theta = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-            g_m = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-            to_cuda = lambda xs: [x.cuda() for x in xs]  # noqa: E731
-            got = run_with_grads(fused_op, to_cuda(state), to_cuda(weights), to_cuda(biases), t, 10.0,
-                                 g_theta.cuda(), g_m.cuda())
-            want = run_with_grads(reference.turtle_step, state, weights, biases, t, 10.0, g_theta, g_m,
-                                  dtype=torch.float64)
-            magnitudes = [None] * 6 + sum_magnitudes(state, weights, biases, t, 10.0, g_theta, g_m)
-            for what, a, e, mag in zip(names(len(weights)), got, want, magnitudes):
-                assert a.is_cuda
-                assert_matches(a.cpu(), e, what, magnitude=mag)
-
-
-@cuda
-def test_cuda_weight_gradients_are_deterministic():
+def test_weight_gradients_are_deterministic(device):
     gen = torch.Generator().manual_seed(11)
-    weights, biases = make_net("paper", torch.float32, gen)
-    state = [x.cuda() for x in make_state(300007, torch.float32, gen)]
-    g = torch.randn(300007, generator=gen).cuda()
-    weights, biases = [w.cuda() for w in weights], [b.cuda() for b in biases]
+    weights, biases = make_net("paper", torch.float32, gen, device)
+    state = make_state(300007, torch.float32, gen, device)
+    g = torch.randn(300007, generator=gen).to(device)
     first = run_with_grads(fused_op, state, weights, biases, 2, 10.0, g, g)
     again = run_with_grads(fused_op, state, weights, biases, 2, 10.0, g, g)
     for what, a, b in zip(names(6), first, again):

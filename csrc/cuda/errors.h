@@ -23,10 +23,13 @@ const char* last_error_message();
     }                                                           \
   } while (0)
 
+// A failed runtime call also leaves its error as the thread's last error, which the next
+// launch's LO_RETURN_IF_LAUNCH_FAILED would report against a launch that went well: consume it.
 #define LO_RETURN_IF_CUDA_ERROR(expr)                           \
   do {                                                          \
     const cudaError_t lo_err_ = (expr);                         \
     if (lo_err_ != cudaSuccess) {                               \
+      (void)cudaGetLastError();                                 \
       ::lo::cuda::record_error(lo_err_);                        \
       return ::lo::Status::kLaunchFailed;                       \
     }                                                           \

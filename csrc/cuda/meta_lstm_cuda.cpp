@@ -75,7 +75,8 @@ MetaLSTMInputGrads meta_lstm_step_backward_cuda(
   MetaLSTMBackwardOutputs out(in, s);
   const std::vector<at::Tensor>& d = out.per_coord;
   at::Tensor scratch = at::empty(
-      {meta_lstm_backward_scratch_size(s.n, static_cast<int>(s.hidden), static_cast<int>(s.input_size))},
+      {meta_lstm_backward_scratch_size(s.n, static_cast<int>(s.hidden), static_cast<int>(s.input_size),
+                                       theta.element_size())},
       in[0].options().dtype(at::kDouble));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   Status status;

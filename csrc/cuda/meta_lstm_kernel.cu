@@ -21,14 +21,6 @@ namespace {
 constexpr int kForwardThreads = 128;
 constexpr int kElementwiseThreads = 256;
 
-// Shared-memory elements of the staged weights: all of them on the unrolled (HC > 0) path, only
-// the gate bias on the generic one, which reads the rest through the cache (up to 4·64·64 w_hh
-// entries would not fit next to its tiles).
-template <int HC, int D>
-__host__ __device__ int64_t staged_weight_elems(int H) {
-  return HC > 0 ? 4 * H * H + 4 * H * D + 4 * H + 2 * (H + 2) + 2 : 4 * H;
-}
-
 // Copies the weights into shared memory (all threads take part) and folds the loss into the gate
 // bias; returns the parameters pointing at the staged copies.
 template <int HC, int D, typename S>
@@ -113,7 +105,7 @@ __global__ void backward_kernel(MetaLSTMCudaBackwardArgs<S> a) {
   const int H = P.hidden;
   const int B = blockDim.x;
   const int NF = meta_lstm_factor_count(H), NI = meta_lstm_input_count<D>(H);
-  S* factors = sm + staged_weight_elems<HC, D>(H);  // [B][NF]
+  S* factors = sm + meta_lstm_staged_weight_elems<HC, D>(H);  // [B][NF]
   S* inputs = factors + B * NF;                     // [B][NI]
   const MetaLSTMPackedLayout L = meta_lstm_packed_layout<D>(H);
   double* partial = a.scratch + static_cast<int64_t>(blockIdx.x) * L.size;
@@ -207,7 +199,7 @@ Status forward_launch(const MetaLSTMCudaForwardArgs<S>& a, cudaStream_t stream) 
   if (a.n == 0) return Status::kOk;
   // Enough blocks to fill the GPU; beyond that, grid-striding amortises the weight staging.
   const int64_t blocks = grid_size(a.n, kForwardThreads);
-  const size_t smem = staged_weight_elems<HC, D>(a.w.hidden) * sizeof(S);
+  const size_t smem = meta_lstm_staged_weight_elems<HC, D>(a.w.hidden) * sizeof(S);
   auto kernel = forward_kernel<HC, D, S>;
   const Status st = allow_shared_memory(kernel, smem);
   if (st != Status::kOk) return st;
@@ -219,14 +211,12 @@ Status forward_launch(const MetaLSTMCudaForwardArgs<S>& a, cudaStream_t stream) 
 template <int HC, int D, typename S>
 Status backward_launch(const MetaLSTMCudaBackwardArgs<S>& a, cudaStream_t stream) {
   const int H = a.w.hidden;
-  const int threads = meta_lstm_backward_threads(H);
-  const int64_t blocks = meta_lstm_backward_blocks(a.n, H);
+  const int threads = meta_lstm_backward_threads(H, D, sizeof(S));
+  const int64_t blocks = meta_lstm_backward_blocks(a.n, H, D, sizeof(S));
   const MetaLSTMPackedLayout L = meta_lstm_packed_layout<D>(H);
   double* sums = a.scratch + blocks * L.size;
   if (blocks > 0) {
-    const size_t smem = (staged_weight_elems<HC, D>(H) +
-                         static_cast<int64_t>(threads) * (meta_lstm_factor_count(H) + meta_lstm_input_count<D>(H))) *
-                        sizeof(S);
+    const size_t smem = meta_lstm_backward_shared_bytes<D>(H, threads, sizeof(S));
     auto kernel = backward_kernel<HC, D, S>;
     const Status st = allow_shared_memory(kernel, smem);
     if (st != Status::kOk) return st;
