@@ -21,7 +21,7 @@ import torch
 
 from learnedopt import reference
 from learnedopt.ops import available
-from tests.conftest import CPU_CAPABILITIES, cpu_capability, requires_cuda
+from tests.conftest import CPU_CAPABILITIES, cpu_capability
 from tests.test_meta_lstm_op import compare, make_inputs
 from tests.test_turtle_op import assert_matches, fused_op, make_net, make_state, names, run_with_grads
 
@@ -130,13 +130,10 @@ def test_meta_lstm_infinite_gradient_has_the_reference_nans(capability, dtype, n
         check_meta_lstm_infinite_gradient(n, dtype, "cpu")
 
 
-@requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_limits_and_padding(dtype):
-    """The same checks on the CUDA kernels (threads past n in a block are their padding), at n
-    below, around and above one block."""
-    if not (available("cuda", "meta_lstm_step") and available("cuda", "turtle_step")):
-        pytest.skip("the CUDA kernels are not built")
+def test_cuda_limits_and_padding(dtype, cuda_device):
+    """The same checks on the CUDA kernels (a GPU, or the emulated one: threads past n in a block
+    are their padding), at n below, around and above one block."""
     for n in [1] + TAIL_SIZES + [4099]:
         for check in CHECKS:
-            check(n, dtype, "cuda")
+            check(n, dtype, cuda_device)
