@@ -125,10 +125,12 @@ def _add_runtime(parser: argparse.ArgumentParser) -> None:
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("task")
-    group.add_argument("--task", default=None, choices=("sine", "omniglot", "images", "custom"),
+    group.add_argument("--task", default=None,
+                       choices=("sine", "omniglot", "images", "custom", "navigation2d"),
                        help="sine regression, Omniglot, an image folder root/<split>/<class>/ "
-                            "such as miniImageNet, or custom: your own, with --tasks (default: "
-                            "sine, or custom when --tasks is given)")
+                            "such as miniImageNet, custom: your own, with --tasks, or "
+                            "navigation2d: meta-RL, 2D point navigation (default: sine, or custom "
+                            "when --tasks is given)")
     group.add_argument("--tasks", dest="tasks_factory", metavar="MODULE:ATTR",
                        help="your own task sampler: the import path of a function (or class) "
                             "that returns it, or of the sampler itself (see learnedopt.tasks)")
@@ -144,6 +146,9 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
                        help="Omniglot class split (default: the sampler's)")
     group.add_argument("--image-size", type=_positive_int, help="image side in pixels")
     group.add_argument("--cache-dir", help="where decoded images are cached")
+    group.add_argument("--reward", choices=("distance", "squared"),
+                       help="navigation2d: minus the distance to the goal (the public code's, "
+                            "default) or minus its square (the MAML paper's text)")
 
 
 def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +159,8 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("--task custom needs --tasks MODULE:ATTR")
         ignored = [f for f, v in (("--data-root", args.data_root), ("--ways", args.ways),
                                   ("--shots", args.shots), ("--queries", args.queries),
-                                  ("--split", args.split), ("--image-size", args.image_size))
+                                  ("--split", args.split), ("--image-size", args.image_size),
+                                  ("--reward", args.reward))
                    if v is not None]
         if ignored:
             raise ValueError(f"{', '.join(ignored)} describe the built-in tasks; pass your tasks' "
@@ -163,6 +169,17 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.tasks_opt:
         raise ValueError("--tasks-opt needs --tasks MODULE:ATTR")
     args.task = args.task or "sine"
+    if args.task != "navigation2d" and args.reward is not None:
+        raise ValueError("--reward applies to --task navigation2d only")
+    if args.task == "navigation2d":
+        ignored = [flag for flag, value in (
+            ("--data-root", args.data_root), ("--ways", args.ways), ("--shots", args.shots),
+            ("--queries", args.queries), ("--split", args.split), ("--image-size", args.image_size),
+            ("--cache-dir", args.cache_dir)) if value is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} do not apply to --task navigation2d (its "
+                             f"trajectories per task are --opt trajectories=N)")
+        return {"name": "navigation2d", "reward": args.reward or "distance"}
     if args.task == "sine":
         ignored = [flag for flag, value in (("--data-root", args.data_root), ("--ways", args.ways),
                                             ("--split", args.split), ("--image-size", args.image_size))
