@@ -94,8 +94,8 @@ def default_learner_spec(task_spec: dict[str, Any], sampler) -> dict[str, Any]:
     config dict :func:`build_learner` takes back."""
     from learnedopt import learners
     if task_spec.get("name") == "navigation2d":
-        from learnedopt.rl.policy import PolicyLearner
-        return PolicyLearner().config()  # MAML's Gaussian MLP policy
+        from learnedopt.rl.policy import default_policy_spec
+        return default_policy_spec()  # MAML's Gaussian MLP policy
     if task_spec.get("name") == "custom":
         raise ValueError("user tasks have no paper learner: give a model (--model "
                          "package.module:function, or model=...)")

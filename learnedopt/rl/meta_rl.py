@@ -234,21 +234,22 @@ class MetaRL(EpisodicAlgorithm):
         """(TRPO's surrogate loss, the mean KL(old ‖ new)) of the policies adapted from the current
         meta-parameters on ``data``'s inner trajectories, on its post-adaptation trajectories;
         ``differentiable``: with the graph to the meta-parameters (second order through the inner
-        step unless the rule is first order)."""
-        # The learned rules' fused ops are differentiable once; TRPO's Fisher-vector products
-        # differentiate the inner update twice, so a differentiable pass runs on the reference ops.
-        reference = differentiable and hasattr(self, "rule")
+        step unless the rule is first order; the loss on the current backend)."""
         steps = self._options["inner_steps"]
-        with ops.use_backend("reference") if reference else contextlib.nullcontext():
-            adapted = self.adapt_policy(batch, steps, meta_graph=differentiable, replay=data.inner)[0]
-            log_probs, mean, log_std = self._policy(adapted, data.valid)
-            if differentiable and self._options["fisher"] == "first_order" and not self.first_order:
-                # The KL (whose Hessian is the Fisher matrix of the CG solve) through a first-order
-                # inner step; its value is the same, the loss's gradient stays second order.
-                adapted = self.adapt_policy(batch, steps, meta_graph=True, replay=data.inner,
-                                            first_order=True)[0]
-                _, mean, log_std = self._policy(adapted, data.valid)
+        adapted = self.adapt_policy(batch, steps, meta_graph=differentiable, replay=data.inner)[0]
+        log_probs, mean, log_std = self._policy(adapted, data.valid)
         loss = surrogate_loss(log_probs, data.log_probs, data.advantages, data.valid.mask).mean()
+        first_order_fisher = self._options["fisher"] == "first_order" and not self.first_order
+        learned_rule = hasattr(self, "rule")
+        if differentiable and (first_order_fisher or learned_rule):
+            # The KL gets a graph of its own, whose Hessian (the Fisher matrix of the CG solve)
+            # TRPO takes: through a first-order inner step with fisher="first_order" (same value,
+            # cheaper curvature), and on the reference ops for a learned rule, whose fused ops
+            # are differentiable once while Fisher-vector products differentiate the update twice.
+            with ops.use_backend("reference") if learned_rule else contextlib.nullcontext():
+                adapted = self.adapt_policy(batch, steps, meta_graph=True, replay=data.inner,
+                                            first_order=True if first_order_fisher else None)[0]
+                _, mean, log_std = self._policy(adapted, data.valid)
         kl = gaussian_kl(data.mean, data.log_std, mean, log_std).view_as(data.valid.rewards)
         return loss, masked_task_mean(kl, data.valid.mask).mean()
 

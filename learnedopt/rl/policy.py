@@ -134,6 +134,11 @@ class PolicyLearner(Learner):
                              f"{type(batch).__name__}")
 
 
+def default_policy_spec(**kwargs: Any) -> dict:
+    """The spec of the default Gaussian MLP policy (``kwargs``: its constructor's)."""
+    return {"name": "policy", "factory": DEFAULT_FACTORY, "kwargs": dict(kwargs), "batching": "auto"}
+
+
 def build_policy_learner(spec: Mapping[str, Any], model: nn.Module | None = None) -> PolicyLearner:
     """The learner a :meth:`PolicyLearner.config` describes; ``model`` stands in for a module
     whose factory was not recorded. Refused when the parameters differ from the recorded ones."""
