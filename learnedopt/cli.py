@@ -71,6 +71,9 @@ examples:
   learnedopt plot gates --checkpoint runs/lstm-20w1s/best.pt --out gates.png
   learnedopt plot sine-fit --checkpoint runs/maml-sine/best.pt --out fit.png
   learnedopt plot ways results/maml-*.json results/lstm-*.json --out ways.png
+  learnedopt plot returns results/navigation2d/*.json --out returns.png
+  learnedopt plot trajectories --checkpoint runs/nav/maml/best.pt \
+      --checkpoint runs/nav/metasgd/best.pt --out trajectories.png
 
 Needs matplotlib (pip install matplotlib).
 """
@@ -296,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inner steps (default: the checkpoint's test setting)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="PNG file to write")
+    q = kinds.add_parser("returns", help="navigation2d: return against inner steps from result "
+                                         "JSONs (MAML Fig. 4)")
+    q.add_argument("results", nargs="+", help="result files written by 'learnedopt eval --out'")
+    q.add_argument("--out", required=True, help="PNG file to write")
+    q = kinds.add_parser("trajectories", help="navigation2d: trajectories before and after "
+                                              "adaptation (Meta-SGD Fig. 4)")
+    q.add_argument("--checkpoint", action="append", required=True,
+                   help="a navigation2d checkpoint; repeat for one panel each")
+    q.add_argument("--goals", type=_positive_int, default=4, help="test goals (default: 4)")
+    q.add_argument("--steps", type=_positive_int, default=1, help="inner steps (default: 1)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the test goals (default: 0)")
+    q.add_argument("--out", required=True, help="PNG file to write")
     q = kinds.add_parser("ways", help="accuracy against number of ways from result JSONs")
     q.add_argument("results", nargs="+", help="result files written by 'learnedopt eval --out'")
     q.add_argument("--out", required=True, help="PNG file to write")
@@ -394,6 +409,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     elif args.figure == "sine-fit":
         out = plots.plot_sine_fit(args.checkpoint, args.out, tasks=args.tasks, steps=args.steps,
                                   seed=args.seed)
+    elif args.figure in ("returns", "trajectories"):
+        from learnedopt.rl import plots as rl_plots
+        out = (rl_plots.plot_returns(args.results, args.out) if args.figure == "returns" else
+               rl_plots.plot_trajectories(args.checkpoint, args.out, goals=args.goals,
+                                          steps=args.steps, seed=args.seed))
     else:
         out = plots.plot_ways(args.results, args.out)
     print(f"figure written to {out}")

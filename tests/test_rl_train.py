@@ -37,6 +37,12 @@ def test_cli_trains_and_evaluates_navigation(tmp_path, capsys):
     assert result["protocol"]["sampler"]["reward"] == "squared"
     assert result["options"]["inner_lr"] == 0.1 and result["options"]["outer_optimizer"] == "adam"
     assert "maml on navigation2d (test, 3 tasks, 3 inner steps): return" in capsys.readouterr().out
+    # The figures: returns against inner steps, trajectories before and after adaptation.
+    for argv in (["returns", str(out)], ["trajectories", "--checkpoint", str(run / "best.pt"),
+                                         "--goals", "2"]):
+        png = tmp_path / f"{argv[0]}.png"
+        assert main(["plot", *argv, "--out", str(png)]) == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def config(out, iterations):
