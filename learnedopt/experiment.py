@@ -107,6 +107,10 @@ def build_learner(spec: dict[str, Any], sampler=None, model=None, **module_optio
     its "auto" loss becomes MSE or cross-entropy after the ``sampler``'s kind."""
     from learnedopt import learners
     spec = dict(spec)
+    if spec.get("name") == "module" and getattr(sampler, "kind", None) == "rl":
+        # A user module on a meta-RL task is a policy: forward(observations) -> (mean, log_std).
+        spec = {"name": "policy", "factory": spec.get("factory"), "kwargs": spec.get("kwargs"),
+                "batching": spec.get("batching", "auto")}
     if spec.get("name") == "policy":
         from learnedopt.rl.policy import build_policy_learner
         return build_policy_learner(spec, model)

@@ -65,6 +65,17 @@ def test_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
         assert torch.equal(value, resumed["state_dict"][key]), key
 
 
+def test_a_policy_module_by_import_path(tmp_path):
+    run = tmp_path / "own"
+    assert main(["train", "--task", "navigation2d", "--algorithm", "metasgd", "--iterations", "1",
+                 "--model", "learnedopt.rl.policy:GaussianMLPPolicy", "--model-opt",
+                 "hidden_sizes=[12, 12]", "--opt", "outer_optimizer=adam", "--opt", "report_steps=0",
+                 "--out", str(run), *TINY]) == 0
+    learner = load_checkpoint(run / "best.pt")["learner"]
+    assert learner["name"] == "policy" and learner["kwargs"] == {"hidden_sizes": [12, 12]}
+    assert ["mean.0.weight", [12, 2]] in learner["params"]
+
+
 def test_random_baseline_keeps_the_initial_policy(tmp_path):
     run = tmp_path / "random"
     assert main(["train", "--task", "navigation2d", "--algorithm", "maml", "--iterations", "1",
