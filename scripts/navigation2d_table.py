@@ -26,7 +26,7 @@ def cell(summary: dict) -> str:
 
 def table(results: list[dict], steps: list[int]) -> str:
     header = ("| policy | " + " | ".join(f"after {k} step{'s' if k != 1 else ''}" for k in steps)
-              + " | test goals | meta-iterations (best / run) | outer update | backend |")
+              + " | test goals | meta-iterations (best / configured) | outer update | backend |")
     lines = [header, "|" + "---|" * (len(steps) + 5)]
     for result in results:
         by_step = dict(returns_by_step(result))
