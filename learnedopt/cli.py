@@ -71,6 +71,9 @@ examples:
   learnedopt plot gates --checkpoint runs/lstm-20w1s/best.pt --out gates.png
   learnedopt plot sine-fit --checkpoint runs/maml-sine/best.pt --out fit.png
   learnedopt plot ways results/maml-*.json results/lstm-*.json --out ways.png
+  learnedopt plot returns results/navigation2d/*.json --out returns.png
+  learnedopt plot trajectories --checkpoint runs/nav/maml/best.pt \
+      --checkpoint runs/nav/metasgd/best.pt --out trajectories.png
 
 Needs matplotlib (pip install matplotlib).
 """
@@ -125,10 +128,12 @@ def _add_runtime(parser: argparse.ArgumentParser) -> None:
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("task")
-    group.add_argument("--task", default=None, choices=("sine", "omniglot", "images", "custom"),
+    group.add_argument("--task", default=None,
+                       choices=("sine", "omniglot", "images", "custom", "navigation2d"),
                        help="sine regression, Omniglot, an image folder root/<split>/<class>/ "
-                            "such as miniImageNet, or custom: your own, with --tasks (default: "
-                            "sine, or custom when --tasks is given)")
+                            "such as miniImageNet, custom: your own, with --tasks, or "
+                            "navigation2d: meta-RL, 2D point navigation (default: sine, or custom "
+                            "when --tasks is given)")
     group.add_argument("--tasks", dest="tasks_factory", metavar="MODULE:ATTR",
                        help="your own task sampler: the import path of a function (or class) "
                             "that returns it, or of the sampler itself (see learnedopt.tasks)")
@@ -144,6 +149,9 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
                        help="Omniglot class split (default: the sampler's)")
     group.add_argument("--image-size", type=_positive_int, help="image side in pixels")
     group.add_argument("--cache-dir", help="where decoded images are cached")
+    group.add_argument("--reward", choices=("distance", "squared"),
+                       help="navigation2d: minus the distance to the goal (the public code's, "
+                            "default) or minus its square (the MAML paper's text)")
 
 
 def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +162,8 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("--task custom needs --tasks MODULE:ATTR")
         ignored = [f for f, v in (("--data-root", args.data_root), ("--ways", args.ways),
                                   ("--shots", args.shots), ("--queries", args.queries),
-                                  ("--split", args.split), ("--image-size", args.image_size))
+                                  ("--split", args.split), ("--image-size", args.image_size),
+                                  ("--reward", args.reward))
                    if v is not None]
         if ignored:
             raise ValueError(f"{', '.join(ignored)} describe the built-in tasks; pass your tasks' "
@@ -163,6 +172,17 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.tasks_opt:
         raise ValueError("--tasks-opt needs --tasks MODULE:ATTR")
     args.task = args.task or "sine"
+    if args.task != "navigation2d" and args.reward is not None:
+        raise ValueError("--reward applies to --task navigation2d only")
+    if args.task == "navigation2d":
+        ignored = [flag for flag, value in (
+            ("--data-root", args.data_root), ("--ways", args.ways), ("--shots", args.shots),
+            ("--queries", args.queries), ("--split", args.split), ("--image-size", args.image_size),
+            ("--cache-dir", args.cache_dir)) if value is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} do not apply to --task navigation2d (its "
+                             f"trajectories per task are --opt trajectories=N)")
+        return {"name": "navigation2d", "reward": args.reward or "distance"}
     if args.task == "sine":
         ignored = [flag for flag, value in (("--data-root", args.data_root), ("--ways", args.ways),
                                             ("--split", args.split), ("--image-size", args.image_size))
@@ -279,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inner steps (default: the checkpoint's test setting)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="PNG file to write")
+    q = kinds.add_parser("returns", help="navigation2d: return against inner steps from result "
+                                         "JSONs (MAML Fig. 4)")
+    q.add_argument("results", nargs="+", help="result files written by 'learnedopt eval --out'")
+    q.add_argument("--out", required=True, help="PNG file to write")
+    q = kinds.add_parser("trajectories", help="navigation2d: trajectories before and after "
+                                              "adaptation (Meta-SGD Fig. 4)")
+    q.add_argument("--checkpoint", action="append", required=True,
+                   help="a navigation2d checkpoint; repeat for one panel each")
+    q.add_argument("--goals", type=_positive_int, default=4, help="test goals (default: 4)")
+    q.add_argument("--steps", type=_positive_int, default=1, help="inner steps (default: 1)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the test goals (default: 0)")
+    q.add_argument("--out", required=True, help="PNG file to write")
     q = kinds.add_parser("ways", help="accuracy against number of ways from result JSONs")
     q.add_argument("results", nargs="+", help="result files written by 'learnedopt eval --out'")
     q.add_argument("--out", required=True, help="PNG file to write")
@@ -388,6 +420,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     elif args.figure == "sine-fit":
         out = plots.plot_sine_fit(args.checkpoint, args.out, tasks=args.tasks, steps=args.steps,
                                   seed=args.seed)
+    elif args.figure in ("returns", "trajectories"):
+        from learnedopt.rl import plots as rl_plots
+        out = (rl_plots.plot_returns(args.results, args.out) if args.figure == "returns" else
+               rl_plots.plot_trajectories(args.checkpoint, args.out, goals=args.goals,
+                                          steps=args.steps, seed=args.seed))
     else:
         out = plots.plot_ways(args.results, args.out)
     print(f"figure written to {out}")

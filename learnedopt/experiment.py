@@ -9,11 +9,13 @@ Task spec:    {"name": "sine", "shots": 10, "queries": 10}
                "image_size": 84}
               {"name": "custom", "factory": "mypkg.data:tasks", "kwargs": {...}}   (a user sampler:
                the factory returns it; "factory": None when it was handed in as a Python object)
+              {"name": "navigation2d", "reward": "distance"}   (meta-RL, learnedopt.rl; "squared")
 Learner spec: learnedopt.learners' config(), e.g. {"name": "mlp", "sizes": [1, 40, 40, 1]},
               {"name": "conv4", "ways": 5, "in_shape": [1, 28, 28], "filters": 64, ...} or
               {"name": "module", "factory": "mypkg.nets:resnet12", "kwargs": {...}, "loss": ...,
                "head": "fc", ...} (a user nn.Module; "loss": "auto" picks MSE or cross-entropy
                from the task's kind)
+              {"name": "policy", "factory": ..., "kwargs": {...}, ...} (a policy, learnedopt.rl)
 
 User objects handed in from Python (``model=``, ``tasks=``) take the place of what the specs
 would import; the specs still record their import paths where they have them.
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-TASKS = ("sine", "omniglot", "images", "custom")
+TASKS = ("sine", "omniglot", "images", "custom", "navigation2d")
 
 
 def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu", tasks=None):
@@ -40,6 +42,9 @@ def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu", task
     if name == "sine":
         from learnedopt.tasks.sine import SineTasks
         return SineTasks(k_shot=spec.get("shots", 10), k_query=spec.get("queries", 10), device=device)
+    if name == "navigation2d":
+        from learnedopt.rl import navigation_tasks
+        return navigation_tasks(spec, device)
     if name in ("omniglot", "images"):
         if not spec.get("data_root"):
             raise ValueError(f"task {name!r} needs a data root (--data-root DIR)")
@@ -74,6 +79,9 @@ def default_learner_spec(task_spec: dict[str, Any], sampler) -> dict[str, Any]:
     """The paper learner for the task (1-40-40-1 ReLU MLP for sine, Conv4 for images), as the
     config dict :func:`build_learner` takes back."""
     from learnedopt import learners
+    if task_spec.get("name") == "navigation2d":
+        from learnedopt.rl.policy import default_policy_spec
+        return default_policy_spec()  # MAML's Gaussian MLP policy
     if task_spec.get("name") == "custom":
         raise ValueError("user tasks have no paper learner: give a model (--model "
                          "package.module:function, or model=...)")
@@ -85,6 +93,13 @@ def build_learner(spec: dict[str, Any], sampler=None, model=None, **module_optio
     its "auto" loss becomes MSE or cross-entropy after the ``sampler``'s kind."""
     from learnedopt import learners
     spec = dict(spec)
+    if spec.get("name") == "module" and getattr(sampler, "kind", None) == "rl":
+        # A user module on a meta-RL task is a policy: forward(observations) -> (mean, log_std).
+        spec = {"name": "policy", "factory": spec.get("factory"), "kwargs": spec.get("kwargs"),
+                "batching": spec.get("batching", "auto")}
+    if spec.get("name") == "policy":
+        from learnedopt.rl.policy import build_policy_learner
+        return build_policy_learner(spec, model)
     if spec.get("name") == "module" and spec.get("loss", "auto") == "auto":
         if sampler is None or getattr(sampler, "kind", None) not in ("regression", "classification"):
             raise ValueError("the model's loss is 'auto' but the tasks are neither regression nor "
@@ -109,6 +124,9 @@ def build_algorithm(name: str, learner, options: dict[str, Any], sampler=None):
     exist before the outer optimizer is built over the algorithm's parameters."""
     from learnedopt import algorithms
     options = dict(options)
+    if getattr(learner, "kind", None) == "policy":  # meta-RL: the algorithm's rule adapts a policy
+        from learnedopt.rl.meta_rl import build_meta_rl
+        return build_meta_rl(name, learner, **options)
     cls = algorithms.ALGORITHMS.get(name)
     if (sampler is not None and cls is not None and cls.pretrains_flat
             and sampler.kind == "classification" and not options.get("num_pretrain_classes")):

@@ -61,7 +61,7 @@ def plot_curves(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Pa
         if train:
             ax_train.plot([r["iteration"] for r in train], [r["meta_loss"] for r in train], label=label)
         if val:
-            val_metric = "accuracy" if "accuracy" in val[0] else "loss"
+            val_metric = next(m for m in ("accuracy", "return", "loss") if m in val[0])
             it = [r["iteration"] for r in val]
             mean = torch.tensor([r[val_metric] for r in val])
             ci = torch.tensor([r.get(f"{val_metric}_ci95") or 0.0 for r in val])

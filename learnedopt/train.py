@@ -287,17 +287,26 @@ class _Trainer:
             loss, metrics = self.algorithm.flat_loss(x, y, num_labels), {}
         else:
             batch = self.sampler.sample(self.algorithm.meta_batch_size, self.generator)
+            outer_step = getattr(self.algorithm, "outer_step", None)
+            if outer_step is not None:
+                # The algorithm owns its outer update (meta-RL: TRPO, or this optimizer).
+                loss, metrics = outer_step(batch, self.optimizer)
+                self._check_finite(loss)
+                return loss.item(), metrics
             loss, metrics = self.algorithm.meta_loss(batch)
-        if not torch.isfinite(loss.detach()).all():
-            raise FloatingPointError(
-                f"the meta-loss became {loss.item()} at iteration {self.iteration + 1}; last good "
-                f"checkpoint: {str(self.run_dir / 'last.pt')!r} (try a lower outer learning rate)")
+        self._check_finite(loss)
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.algorithm.clip_meta_gradients()
             self.optimizer.step()
         return loss.item(), metrics
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            raise FloatingPointError(
+                f"the meta-loss became {loss.item()} at iteration {self.iteration + 1}; last good "
+                f"checkpoint: {str(self.run_dir / 'last.pt')!r} (try a lower outer learning rate)")
 
     def _accumulate(self, loss: float, metrics: dict[str, float]) -> None:
         sums = self.window["sums"]

@@ -61,13 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     print(text)
     if args.readme:
-        readme = args.readme.read_text()
-        start, end = f"<!-- results:{args.name}:start -->", f"<!-- results:{args.name}:end -->"
-        if start not in readme or end not in readme:
-            print(f"{args.readme} lacks the markers {start} / {end}", file=sys.stderr)
-            return 1
-        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-        args.readme.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", readme))
+        return write_section(args.readme, args.name, text)
+    return 0
+
+
+def write_section(readme_path: Path, name: str, text: str) -> int:
+    """Replace what lies between the README's ``results:NAME`` markers by ``text``; 1 (and a
+    message) when the markers are missing."""
+    readme = readme_path.read_text()
+    start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+    if start not in readme or end not in readme:
+        print(f"{readme_path} lacks the markers {start} / {end}", file=sys.stderr)
+        return 1
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    readme_path.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", readme))
     return 0
 
 

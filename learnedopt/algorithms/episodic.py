@@ -130,8 +130,21 @@ class EpisodicAlgorithm(MetaAlgorithm):
         options); ``False`` adapts detached copies and keeps nothing but the result.
         ``observer(t, state)`` sees the rule's state after every step (gate traces).
         """
-        second_order = meta_graph and not self.first_order
-        tasks = x.shape[0]
+        def support_loss(theta: Tensor, t: int) -> Tensor:
+            return self.learner.task_metrics(self.learner(theta, x, bn), y)["loss"]
+
+        return self.unroll(support_loss, x.shape[0], x.shape[1], steps, meta_graph, observer)
+
+    def unroll(self, support_loss, tasks: int, num_examples: int, steps: int, meta_graph: bool,
+               observer=None, first_order: bool | None = None) -> Tensor:
+        """The inner loop over any per-task support objective: ``support_loss(theta_t, t)`` gives
+        the (B,) losses of the B tasks at their parameters theta_t (B, n) before step t (a
+        supervised support set in :meth:`adapt`, a policy-gradient surrogate on trajectories in
+        meta-RL); the rule's ``_step`` turns each gradient into the next theta. Returns theta
+        after ``steps`` steps; ``meta_graph`` and ``observer`` as in :meth:`adapt`;
+        ``first_order`` overrides the option of that name for this call."""
+        first_order = self.first_order if first_order is None else first_order
+        second_order = meta_graph and not first_order
         theta = self.theta0.expand(tasks, -1)
         if not meta_graph:
             theta = theta.detach()
@@ -140,12 +153,12 @@ class EpisodicAlgorithm(MetaAlgorithm):
             with torch.enable_grad():
                 if not theta.requires_grad:
                     theta = theta.detach().requires_grad_()
-                losses = self.learner.task_metrics(self.learner(theta, x, bn), y)["loss"]
+                losses = support_loss(theta, t)
                 # Each task's loss depends on its own row only: one gradient of the sum gives all.
                 (grad,) = torch.autograd.grad(losses.sum(), theta, create_graph=second_order)
             if not second_order:
                 losses = losses.detach()
-            grad = self._prepare_grad(grad, x.shape[1], steps)
+            grad = self._prepare_grad(grad, num_examples, steps)
             if meta_graph:
                 theta, state = self._step(theta, grad, losses, state, t, steps)
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
@@ -67,9 +68,11 @@ def fixed_task_batches(sample: Callable[[int, torch.Generator], TaskBatch], spli
                        num_tasks: int, batch_size: int, seed: int) -> Iterator[TaskBatch]:
     """The seeded fixed tasks of ``split``, ``batch_size`` at a time.
 
-    ``sample(count, generator)`` draws ``count`` tasks. The generators are CPU generators derived
-    from (seed, split, chunk), so the tasks are the same on every device, never overlap between
-    splits, and do not depend on how much training consumed from the training generator.
+    ``sample(count, generator)`` draws ``count`` tasks: a TaskBatch, or any dataclass of per-task
+    tensors (B, ...) (and constants shared by the batch) that has ``num_tasks``. The generators are CPU
+    generators derived from (seed, split, chunk), so the tasks are the same on every device, never
+    overlap between splits, and do not depend on how much training consumed from the training
+    generator.
     """
     if num_tasks < 1 or batch_size < 1:
         raise ValueError(f"fixed tasks: num_tasks and batch_size must be >= 1, got {num_tasks}, {batch_size}")
@@ -89,13 +92,18 @@ def fixed_task_batches(sample: Callable[[int, torch.Generator], TaskBatch], spli
             pending = [rest] if have else []
 
 
-def _concat(batches: list[TaskBatch]) -> TaskBatch:
+def _concat(batches: list):
+    # Any dataclass of per-task tensors (B, ...) merges field by field: TaskBatch, and the goal
+    # batches of meta-RL (learnedopt.rl.tasks), whose non-tensor fields are constants of the
+    # sampler that every batch shares.
     if len(batches) == 1:
         return batches[0]
-    return TaskBatch(*(torch.cat(parts) for parts in zip(
-        *((b.x_support, b.y_support, b.x_query, b.y_query) for b in batches))))
+    first = batches[0]
+    return type(first)(*(torch.cat([getattr(b, f.name) for b in batches])
+                         if isinstance(getattr(first, f.name), Tensor) else getattr(first, f.name)
+                         for f in dataclasses.fields(first)))
 
 
-def _slice(batch: TaskBatch, start: int, stop: int) -> TaskBatch:
-    return TaskBatch(batch.x_support[start:stop], batch.y_support[start:stop],
-                     batch.x_query[start:stop], batch.y_query[start:stop])
+def _slice(batch, start: int, stop: int):
+    return type(batch)(*(value[start:stop] if isinstance(value, Tensor) else value
+                         for value in (getattr(batch, f.name) for f in dataclasses.fields(batch))))
