@@ -305,7 +305,8 @@ def init_from_env(device: str | torch.device = "cpu", timeout_s: float | None = 
     _share_cores(context.local_world_size)
     try:
         dist.init_process_group(context.backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout))
+                                timeout=datetime.timedelta(seconds=timeout),
+                                store=_attempt_store(world, timeout))
     except RuntimeError as exc:
         raise DistributedError(f"rank {rank} of {world}: could not join the process group at "
                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within "
@@ -313,6 +314,22 @@ def init_from_env(device: str | torch.device = "cpu", timeout_s: float | None = 
     atexit.register(_shutdown)
     _CURRENT = context
     return context
+
+
+def _attempt_store(world: int, timeout: float):
+    """Under torchrun the workers share the agent's TCP store, which outlives a restart
+    (--max-restarts): the restarted ranks would find the dead ranks' gloo addresses still in it
+    and fail to connect to them (seen with torch 2.13: "connectFullMesh failed ... Connection
+    refused", in 2 of 5 restarts tried here). A key prefix per restart attempt keeps each attempt's
+    addresses apart. Outside torchrun: None (init_process_group builds its own store)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=datetime.timedelta(seconds=timeout))
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"learnedopt/{run}/attempt_{attempt}", store)
 
 
 def _context(rank: int, world: int, backend: str, timeout: float) -> Context:
