@@ -211,6 +211,18 @@ def test_checkpoints_resume_under_another_world_size(job, tmp_path):
     assert_equivalent(job["single"] / "turtle", shrink)
 
 
+def test_each_rank_adapts_its_own_slice_of_the_meta_batch():
+    from learnedopt.tasks.sine import SineTasks
+    batch = SineTasks(5, 5).sample(6, torch.Generator().manual_seed(0))
+    shards = [distributed.Context(rank=r, world_size=3).shard(batch) for r in range(3)]
+    assert [s.num_tasks for s in shards] == [2, 2, 2]
+    for name in ("x_support", "y_support", "x_query", "y_query"):
+        assert torch.equal(torch.cat([getattr(s, name) for s in shards]), getattr(batch, name))
+    assert distributed.Context().shard(batch) is batch  # one process: untouched
+    with pytest.raises(ValueError, match="cannot be split over 4 ranks"):
+        distributed.Context(world_size=4).shard(batch)
+
+
 def test_refusals_without_processes():
     two = distributed.Context(rank=0, world_size=2, backend="gloo", timeout_s=1.0)
     assert two.device("cuda").index == 0 and two.device("cpu").type == "cpu"
