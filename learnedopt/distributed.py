@@ -111,6 +111,29 @@ class Context:
                 f"divisible by {self.world_size} (e.g. --meta-batch "
                 f"{' or '.join(map(str, options))}) or another number of processes")
 
+    def check_same_config(self, config: dict[str, Any]) -> None:
+        """Refuse, on every rank, a job whose ranks were started with different training
+        configurations (a different --meta-batch on one node would silently average gradients
+        of different problems). Where the run directory and the data live may differ per node."""
+        if not self.active:
+            return
+        mine = dict(config)
+        for key in ("out", "progress"):
+            mine.pop(key, None)
+        mine["task"] = {k: v for k, v in dict(mine.get("task") or {}).items()
+                        if k not in ("data_root", "cache_dir")}
+        everyone: list[Any] = [None] * self.world_size
+        with self._collective("comparison of the ranks' configurations"):
+            torch.distributed.all_gather_object(everyone, mine)
+        for rank, other in enumerate(everyone):
+            if other != everyone[0]:
+                keys = sorted(k for k in set(other) | set(everyone[0])
+                              if other.get(k) != everyone[0].get(k))
+                details = ", ".join(f"{k}: {everyone[0].get(k)!r} on rank 0, {other.get(k)!r}"
+                                    for k in keys)
+                raise ValueError(f"rank {rank} was started with another configuration than rank "
+                                 f"0 ({details}): start every rank with the same command")
+
     # ---- meta-training -----------------------------------------------------------------------
     def shard(self, batch):
         """This rank's contiguous slice of a batch of tasks (a TaskBatch or any dataclass of

@@ -160,6 +160,7 @@ class _Trainer:
         self.run_dir = Path(config.out)
         # Distributed: this rank's share of each meta-batch, rank 0 alone writes (learnedopt.distributed).
         self.dist = distributed.current()
+        self.dist.check_same_config(config.to_dict())
         self.device = self.dist.device(config.device)
         # Rank 0 reads the checkpoint and hands it to the others (nodes need not share a disk).
         checkpoint = self.dist.from_writer(lambda: self._read_resume(resume))

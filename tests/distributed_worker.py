@@ -5,7 +5,8 @@ in its environment, optionally injecting a fault and auditing the files the rank
     python3 -m tests.distributed_worker --report DIR [--audit ROOT] [--fault kill|hang
         --fault-rank R --fault-call N [--fault-once MARKER]] -- CMD1_JSON CMD2_JSON ...
 
-Each CMD_JSON is the argv of one ``learnedopt`` command; the commands run one after the other and
+Each CMD_JSON is the argv of one ``learnedopt`` command ("${RANK}" in it stands for the rank's
+number); the commands run one after the other and
 their exit codes go to DIR/rank<R>.json, with the write operations seen under ROOT (Python audit
 events: opening for writing, creating, renaming, deleting), so that a test sees exactly which
 rank touched the run directories. A fault makes rank R, at its N-th meta_loss call, kill itself
@@ -80,8 +81,10 @@ def main() -> int:
     if args.fault:
         _inject(args.fault, args.fault_rank, args.fault_call, args.fault_once)
     from learnedopt import cli
-    codes = [cli.main(json.loads(command)) for command in args.commands]
     rank = os.environ.get("RANK", "0")
+    # "${RANK}" in a command stands for this rank's number (a command that differs per rank).
+    codes = [cli.main([a.replace("${RANK}", rank) for a in json.loads(command)])
+             for command in args.commands]
     report = Path(args.report) / f"rank{rank}.json"
     report.write_text(json.dumps({"codes": codes, "writes": events}))
     return max(codes, default=0)

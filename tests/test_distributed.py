@@ -145,6 +145,7 @@ def job(tmp_path_factory):
         [*TURTLE_SO, "--meta-batch", "3", "--out", str(runs / "indivisible")],
         [*TURTLE_SO, "--out", str(runs / "grow"), "--resume"],
         [*TURTLE_SO, "--iterations", "2", "--out", str(runs / "shrink")],
+        [*TURTLE_SO, "--seed", "${RANK}", "--out", str(runs / "mismatch")],
     ]
     ranks = launch(root / "report", commands, audit=runs)
     for rank in ranks:
@@ -200,8 +201,16 @@ def test_indivisible_meta_batch_is_refused(job):
     assert not (job["runs"] / "indivisible" / "last.pt").exists()
 
 
+def test_ranks_started_with_different_configurations_are_refused(job):
+    for rank in job["ranks"]:
+        assert rank["report"]["codes"][6] == 1
+        assert "rank 1 was started with another configuration than rank 0 (seed: 0 on rank 0, 1)" \
+            in rank["stderr"]
+    assert not (job["runs"] / "mismatch" / "last.pt").exists()
+
+
 def test_checkpoints_resume_under_another_world_size(job, tmp_path):
-    assert job["ranks"][0]["report"]["codes"][4:] == [0, 0]
+    assert job["ranks"][0]["report"]["codes"][4:6] == [0, 0]
     # 1 process for 2 iterations, then 2 ranks for the third (the job's "grow" run) ...
     assert_equivalent(job["single"] / "turtle", job["runs"] / "grow")
     # ... and 2 ranks for 2 iterations, then 1 process.
