@@ -484,6 +484,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"2/3 meta-testing {run_dir / 'best.pt'} on {args.tasks} tasks")
     result = evaluate_checkpoint(run_dir / "best.pt", num_tasks=args.tasks, device=args.device,
                                  backend=args.backend, command=args.command_line)
+    if not distributed.current().is_writer:
+        return 0
     write_result(out / "result.json", result)
     print("    " + format_result(result))
     print("3/3 plotting")

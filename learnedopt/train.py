@@ -12,6 +12,9 @@ Resuming (``train(config, resume=True)``) restores the model, the outer optimize
 the task generator and the torch RNG, so on the CPU a run interrupted and resumed is bitwise the
 run that was never interrupted.
 
+Under torchrun the same loop runs data-parallel: each rank adapts its share of every meta-batch,
+the meta-gradients are averaged over the ranks and only rank 0 writes (learnedopt.distributed).
+
 A user's own model and tasks: :func:`meta_train` (``meta_train(model, tasks, algorithm="maml",
 out=...)``), or ``train(config, model=..., tasks=...)`` with the specs of learnedopt.experiment.
 """

@@ -2,8 +2,8 @@
 in a process that torchrun, or the test itself, started with RANK / WORLD_SIZE / MASTER_ADDR / ...
 in its environment, optionally injecting a fault and auditing the files the rank writes.
 
-    python3 -m tests.distributed_worker --report DIR [--audit ROOT] [--fault kill|hang
-        --fault-rank R --fault-call N [--fault-once MARKER]] -- CMD1_JSON CMD2_JSON ...
+    python3 -m tests.distributed_worker --report DIR [--audit ROOT] [--bucket N] [--fault kill|hang
+        --fault-rank R --fault-call N [--fault-once MARKER]] CMD1_JSON CMD2_JSON ...
 
 Each CMD_JSON is the argv of one ``learnedopt`` command ("${RANK}" in it stands for the rank's
 number); the commands run one after the other and
@@ -11,7 +11,8 @@ their exit codes go to DIR/rank<R>.json, with the write operations seen under RO
 events: opening for writing, creating, renaming, deleting), so that a test sees exactly which
 rank touched the run directories. A fault makes rank R, at its N-th meta_loss call, kill itself
 (SIGKILL: no clean-up of any kind) or hang (sleep); with --fault-once only if MARKER does not
-exist yet (it is created first), so a restarted job runs clean.
+exist yet (it is created first: its time is when the fault struck), so a restarted job runs
+clean. --bucket N makes the meta-gradient all_reduce go in buckets of N elements.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> int:
     parser.add_argument("--fault-rank", type=int, default=1)
     parser.add_argument("--fault-call", type=int, default=1)
     parser.add_argument("--fault-once")
+    parser.add_argument("--bucket", type=int, help="all_reduce bucket size in elements")
     parser.add_argument("commands", nargs="*")
     args = parser.parse_args()
     events: list = []
@@ -80,7 +82,9 @@ def main() -> int:
         _audit(Path(args.audit).resolve(), events)
     if args.fault:
         _inject(args.fault, args.fault_rank, args.fault_call, args.fault_once)
-    from learnedopt import cli
+    from learnedopt import cli, distributed
+    if args.bucket:
+        distributed.BUCKET_NUMEL = args.bucket
     rank = os.environ.get("RANK", "0")
     # "${RANK}" in a command stands for this rank's number (a command that differs per rank).
     codes = [cli.main([a.replace("${RANK}", rank) for a in json.loads(command)])
