@@ -282,9 +282,9 @@ def test_a_hung_rank_stops_the_others_within_the_timeout(tmp_path):
     run, rank0, after = _fault_job(tmp_path, "hang", 3)
     assert rank0["returncode"] == 1, rank0["stderr"][-3000:]
     assert "collective timeout 3 s" in rank0["stderr"]
-    # Rank 1 sleeps for 600 s; rank 0 gives up after the 3 s timeout (plus its exit, on a busy
-    # machine).
-    assert 3 <= after < 30, after
+    # Rank 1 sleeps for 600 s; rank 0 gives up after the 3 s timeout, plus its exit on a busy
+    # machine (rank 0's wait may start a little before rank 1 marks the hang, hence not >= 3).
+    assert 1 <= after < 30, after
     assert load_checkpoint(run / "last.pt")["iteration"] == 2
 
 
