@@ -161,7 +161,7 @@ class _Trainer:
         objects = objects or {}
         self.config = config
         self.run_dir = Path(config.out)
-        # Distributed: this rank's share of each meta-batch, rank 0 alone writes (learnedopt.distributed).
+        # Distributed (learnedopt.distributed): this rank's share of each meta-batch; rank 0 writes.
         self.dist = distributed.current()
         self.dist.check_same_config(config.to_dict())
         self.device = self.dist.device(config.device)
@@ -222,7 +222,8 @@ class _Trainer:
         record = self.config.to_dict()
         if self.dist.active:  # absent: one process
             record["distributed"] = self.dist.record()
-        atomic_write_bytes(self.run_dir / "config.json", (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_bytes(self.run_dir / "config.json",
+                           (json.dumps(record, indent=2) + "\n").encode())
 
     def _save(self, name: str) -> None:
         if self.dist.is_writer:
@@ -285,7 +286,8 @@ class _Trainer:
 
         config = self.config
         checkpoint_every = config.checkpoint_every or config.val_every
-        show = (sys.stderr.isatty() if config.progress is None else config.progress) and self.dist.is_writer
+        show = sys.stderr.isatty() if config.progress is None else config.progress
+        show = show and self.dist.is_writer  # one bar, rank 0's
         self.started = time.perf_counter()
         self.algorithm.train()
         with tqdm(total=config.iterations, initial=self.iteration, disable=not show,
@@ -331,7 +333,8 @@ class _Trainer:
             loss.backward()
         if self.dist.active:
             # One all_reduce: meta-gradients, loss and metrics; a NaN on any rank stops every rank.
-            params = [p for g in self.optimizer.param_groups for p in g["params"]] if self.optimizer else []
+            params = ([p for g in self.optimizer.param_groups for p in g["params"]]
+                      if self.optimizer is not None else [])
             loss, metrics = self.dist.average_gradients(params, loss, metrics)
             self._check_finite(loss)
         if self.optimizer is not None:
