@@ -309,3 +309,18 @@ def test_torchrun_restart_after_a_killed_rank_equals_the_uninterrupted_run(job, 
     for name in a["state_dict"]:
         assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
     assert without_time(load_metrics(run)) == without_time(load_metrics(job["runs"] / "metalstm"))
+
+
+def test_ranks_on_one_node_share_its_cores(monkeypatch):
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        distributed._share_cores(2)
+        assert torch.get_num_threads() == max(1, cores // 2)
+        torch.set_num_threads(threads)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's (or torchrun's) choice stands
+        distributed._share_cores(2)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
