@@ -316,11 +316,12 @@ def test_ranks_on_one_node_share_its_cores(monkeypatch):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(cores + 1)  # neither the default nor the expected count
         distributed._share_cores(2)
         assert torch.get_num_threads() == max(1, cores // 2)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cores + 1)
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's (or torchrun's) choice stands
         distributed._share_cores(2)
-        assert torch.get_num_threads() == threads
+        assert torch.get_num_threads() == cores + 1
     finally:
         torch.set_num_threads(threads)
