@@ -129,8 +129,8 @@ class Context:
             if other != everyone[0]:
                 keys = sorted(k for k in set(other) | set(everyone[0])
                               if other.get(k) != everyone[0].get(k))
-                details = ", ".join(f"{k}: {everyone[0].get(k)!r} on rank 0, {other.get(k)!r}"
-                                    for k in keys)
+                details = ", ".join(f"{k}: {everyone[0].get(k)!r} on rank 0, "
+                                    f"{other.get(k)!r} on rank {rank}" for k in keys)
                 raise ValueError(f"rank {rank} was started with another configuration than rank "
                                  f"0 ({details}): start every rank with the same command")
 

@@ -206,8 +206,8 @@ def test_indivisible_meta_batch_is_refused(job):
 def test_ranks_started_with_different_configurations_are_refused(job):
     for rank in job["ranks"]:
         assert rank["report"]["codes"][6] == 1
-        assert "rank 1 was started with another configuration than rank 0 (seed: 0 on rank 0, 1)" \
-            in rank["stderr"]
+        assert ("rank 1 was started with another configuration than rank 0 (seed: 0 on rank 0, "
+                "1 on rank 1)") in rank["stderr"]
     assert not (job["runs"] / "mismatch" / "last.pt").exists()
 
 
