@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import torch
 
+from learnedopt import distributed
+
 MAIN_EPILOG = """\
 quick start (meta-trains Meta-SGD on 10-shot sine in about two minutes on a laptop CPU,
 meta-tests it on 2,000 tasks and writes plots):
@@ -124,6 +126,10 @@ def _add_runtime(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=("auto", "fused", "reference"),
                         help="fused C++/CUDA kernels, the pure-PyTorch reference, or auto: fused "
                              "where compiled for the device (default: auto)")
+    parser.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                        help="under torchrun: how long a rank waits for the others in a collective "
+                             "before stopping with an error (default: $LEARNEDOPT_DIST_TIMEOUT or "
+                             "300)")
 
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
@@ -391,6 +397,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from learnedopt.checkpoint import load_checkpoint
     from learnedopt.train import train
     run_dir = train(_train_config(args), resume=args.resume)
+    if not distributed.current().is_writer:
+        return 0
     best = load_checkpoint(run_dir / "best.pt")["best"]
     chosen = ("" if best["iteration"] is None else
               f", validation {best['metric']} {best['value']:.4g} at iteration {best['iteration']}")
@@ -404,6 +412,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  test_steps=args.test_inner_steps, split=args.split, seed=args.seed,
                                  batch_size=args.batch, device=args.device, backend=args.backend,
                                  data_root=args.data_root, command=args.command_line)
+    if not distributed.current().is_writer:
+        return 0
     print(format_result(result))
     if args.out:
         write_result(args.out, result)
@@ -474,6 +484,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"2/3 meta-testing {run_dir / 'best.pt'} on {args.tasks} tasks")
     result = evaluate_checkpoint(run_dir / "best.pt", num_tasks=args.tasks, device=args.device,
                                  backend=args.backend, command=args.command_line)
+    if not distributed.current().is_writer:
+        return 0
     write_result(out / "result.json", result)
     print("    " + format_result(result))
     print("3/3 plotting")
@@ -501,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nrun 'learnedopt --help' for the commands")
         return 0
     try:
+        if hasattr(args, "dist_timeout"):  # under torchrun: join the job before anything else
+            distributed.init_from_env(args.device, args.dist_timeout)
         return COMMANDS[args.command](args)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         if os.environ.get("LEARNEDOPT_TRACEBACK"):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import learnedopt
-from learnedopt import experiment, ops
+from learnedopt import distributed, experiment, ops
 from learnedopt.checkpoint import atomic_write_bytes, load_checkpoint
 
 RESULT_FORMAT = "learnedopt-result/1"
@@ -50,21 +50,24 @@ def evaluate_tasks(algorithm, sampler, split: str, num_tasks: int, batch_size: i
                    steps: int | None = None) -> dict[str, torch.Tensor]:
     """Per-task query metrics over the sampler's fixed ``split`` tasks: {"loss": (num_tasks,), ...}.
     The algorithm is put in eval mode (batch-norm running statistics where it keeps them) and
-    restored afterwards."""
+    restored afterwards. Under torch.distributed the batches are dealt out to the ranks and the
+    values gathered: every rank returns the same tensors a single process would."""
     if num_tasks < 1:
         raise ValueError(f"number of evaluation tasks must be >= 1, got {num_tasks}")
     if batch_size < 1:
         raise ValueError(f"evaluation batch size must be >= 1, got {batch_size}")
     was_training = algorithm.training
     algorithm.eval()
-    collected: dict[str, list[torch.Tensor]] = {}
+    context = distributed.current()
+    mine: dict[int, dict[str, torch.Tensor]] = {}  # batch index -> per-task values
     try:
-        for batch in sampler.fixed_tasks(split, num_tasks, batch_size, seed):
-            for name, value in algorithm.adapt_and_evaluate(batch, steps).items():
-                collected.setdefault(name, []).append(value.detach().reshape(-1).cpu())
+        batches = sampler.fixed_tasks(split, num_tasks, batch_size, seed)
+        for index, batch in context.my_batches(batches):
+            mine[index] = {name: value.detach().reshape(-1).cpu()
+                           for name, value in algorithm.adapt_and_evaluate(batch, steps).items()}
     finally:
         algorithm.train(was_training)
-    return {name: torch.cat(chunks) for name, chunks in collected.items()}
+    return context.gather_per_task(mine)
 
 
 def protocol(checkpoint: dict[str, Any], split: str, num_tasks: int, test_steps: int | None,
@@ -135,6 +138,8 @@ def evaluate_checkpoint(path: str | os.PathLike, num_tasks: int | None = None,
     if data_root is not None:
         task_spec["data_root"] = str(data_root)
     num_tasks = default_num_tasks(task_spec["name"]) if num_tasks is None else num_tasks
+    context = distributed.init_from_env(device)  # under torchrun: the ranks share the tasks
+    device = context.device(device)
     with ops.use_backend(backend):
         sampler = experiment.build_sampler(task_spec, device, tasks)
         algorithm = rebuild_algorithm(checkpoint, device, model=model, loss=loss, metrics=metrics)
@@ -156,6 +161,7 @@ def evaluate_checkpoint(path: str | os.PathLike, num_tasks: int | None = None,
         "learner": checkpoint.get("learner"),
         "backend": backend_line,
         "device": str(device),
+        "distributed": context.record(),
         "torch": str(torch.__version__),
         "learnedopt": learnedopt.__version__,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

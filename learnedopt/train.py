@@ -12,6 +12,9 @@ Resuming (``train(config, resume=True)``) restores the model, the outer optimize
 the task generator and the torch RNG, so on the CPU a run interrupted and resumed is bitwise the
 run that was never interrupted.
 
+Under torchrun the same loop runs data-parallel: each rank adapts its share of every meta-batch,
+the meta-gradients are averaged over the ranks and only rank 0 writes (learnedopt.distributed).
+
 A user's own model and tasks: :func:`meta_train` (``meta_train(model, tasks, algorithm="maml",
 out=...)``), or ``train(config, model=..., tasks=...)`` with the specs of learnedopt.experiment.
 """
@@ -30,7 +33,7 @@ from typing import Any
 import torch
 
 import learnedopt
-from learnedopt import experiment, ops
+from learnedopt import distributed, experiment, ops
 from learnedopt.checkpoint import FORMAT, atomic_write_bytes, load_checkpoint, save_checkpoint
 from learnedopt.evaluate import evaluate_tasks, summarize
 
@@ -83,6 +86,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k != "distributed"}  # config.json's job record
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
@@ -106,6 +110,7 @@ def train(config: TrainConfig, resume: bool = False, *, model=None, tasks=None, 
     learner and task specs would import; ``loss`` / ``metrics`` for a module learner's functions
     that could not be recorded as import paths. Give them again to resume such a run."""
     config.validate()
+    distributed.init_from_env(config.device)  # under torchrun: join the job (else nothing)
     with ops.use_backend(config.backend):
         return _Trainer(config, resume, objects={"model": model, "tasks": tasks, "loss": loss,
                                                  "metrics": metrics}).run()
@@ -156,17 +161,12 @@ class _Trainer:
         objects = objects or {}
         self.config = config
         self.run_dir = Path(config.out)
-        self.device = torch.device(config.device)
-        last = self.run_dir / "last.pt"
-        if last.exists() and not resume:
-            raise FileExistsError(f"{str(self.run_dir)!r} already holds a run (last.pt); pass "
-                                  f"resume=True / --resume to continue it, or choose another output")
-        checkpoint = load_checkpoint(last) if resume and last.exists() else None
-        if resume and checkpoint is None:
-            print(f"learnedopt: nothing to resume in {str(self.run_dir)!r}; starting a new run",
-                  file=sys.stderr)
-        if checkpoint is not None:
-            _check_same_run(checkpoint.get("config", {}), config)
+        # Distributed (learnedopt.distributed): this rank's share of each meta-batch; rank 0 writes.
+        self.dist = distributed.current()
+        self.dist.check_same_config(config.to_dict())
+        self.device = self.dist.device(config.device)
+        # Rank 0 reads the checkpoint and hands it to the others (nodes need not share a disk).
+        checkpoint = self.dist.from_writer(lambda: self._read_resume(resume))
 
         experiment.check_algorithm_name(config.algorithm)
         # Initialisation draws from the global RNG: seed it before anything is built.
@@ -179,6 +179,7 @@ class _Trainer:
         self.learner_spec = learner.config()  # complete: a module learner's parameter names too
         self.algorithm = experiment.build_algorithm(config.algorithm, learner, config.options,
                                                     self.sampler).to(self.device)
+        self.dist.check_algorithm(self.algorithm)  # divisible meta-batch, shardable objective
         trainable = [p for p in self.algorithm.parameters() if p.requires_grad]
         # TrainFromScratch has nothing to meta-train: its run only records the (constant) loss and
         # checkpoints the algorithm, so that eval works on it like on any other.
@@ -194,14 +195,39 @@ class _Trainer:
         self.elapsed_before = 0.0
         if checkpoint is not None:
             self._restore(checkpoint)
-        else:
+        elif self.dist.is_writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.run_dir / "config.json",
-                               (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+            self._write_config()
         # metrics.jsonl is rewritten from the checkpoint's records, dropping whatever a crashed run
         # logged after its last checkpoint (the resumed run logs those iterations again).
-        atomic_write_bytes(self.run_dir / "metrics.jsonl",
-                           "".join(json.dumps(r) + "\n" for r in self.records).encode())
+        if self.dist.is_writer:
+            atomic_write_bytes(self.run_dir / "metrics.jsonl",
+                               "".join(json.dumps(r) + "\n" for r in self.records).encode())
+
+    def _read_resume(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to continue from (None: a new run); refuses to overwrite a run."""
+        last = self.run_dir / "last.pt"
+        if last.exists() and not resume:
+            raise FileExistsError(f"{str(self.run_dir)!r} already holds a run (last.pt); pass "
+                                  f"resume=True / --resume to continue it, or choose another output")
+        checkpoint = load_checkpoint(last) if resume and last.exists() else None
+        if resume and checkpoint is None:
+            print(f"learnedopt: nothing to resume in {str(self.run_dir)!r}; starting a new run",
+                  file=sys.stderr)
+        if checkpoint is not None:
+            _check_same_run(checkpoint.get("config", {}), self.config)
+        return checkpoint
+
+    def _write_config(self) -> None:
+        record = self.config.to_dict()
+        if self.dist.active:  # absent: one process
+            record["distributed"] = self.dist.record()
+        atomic_write_bytes(self.run_dir / "config.json",
+                           (json.dumps(record, indent=2) + "\n").encode())
+
+    def _save(self, name: str) -> None:
+        if self.dist.is_writer:
+            save_checkpoint(self.run_dir / name, self._checkpoint())
 
     # ---- state -------------------------------------------------------------------------------
     def _restore(self, checkpoint: dict[str, Any]) -> None:
@@ -218,8 +244,8 @@ class _Trainer:
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["generator"])
-        atomic_write_bytes(self.run_dir / "config.json",
-                           (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
+        if self.dist.is_writer:
+            self._write_config()
 
     def _checkpoint(self) -> dict[str, Any]:
         uses_cuda = self.device.type == "cuda"
@@ -242,6 +268,7 @@ class _Trainer:
             "window": {"count": self.window["count"], "sums": dict(self.window["sums"])},
             "elapsed_s": self._elapsed(),
             "versions": {"learnedopt": learnedopt.__version__, "torch": str(torch.__version__)},
+            "distributed": self.dist.record(),
         }
 
     def _elapsed(self) -> float:
@@ -249,8 +276,9 @@ class _Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.dist.is_writer:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     # ---- loop --------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -259,6 +287,7 @@ class _Trainer:
         config = self.config
         checkpoint_every = config.checkpoint_every or config.val_every
         show = sys.stderr.isatty() if config.progress is None else config.progress
+        show = show and self.dist.is_writer  # one bar, rank 0's
         self.started = time.perf_counter()
         self.algorithm.train()
         with tqdm(total=config.iterations, initial=self.iteration, disable=not show,
@@ -274,10 +303,11 @@ class _Trainer:
                 if self.iteration % config.val_every == 0:
                     self._validate(bar)
                 if self.iteration % checkpoint_every == 0 or self.iteration == config.iterations:
-                    save_checkpoint(self.run_dir / "last.pt", self._checkpoint())
+                    self._save("last.pt")
         if self.best["iteration"] is None:
             # No validation ran (val_every > iterations): the final model is the only candidate.
-            save_checkpoint(self.run_dir / "best.pt", self._checkpoint())
+            self._save("best.pt")
+        self.dist.barrier("end of training")  # no rank returns before rank 0 has written
         return self.run_dir
 
     def _step(self) -> tuple[float, dict[str, float]]:
@@ -286,7 +316,9 @@ class _Trainer:
             x, y, num_labels = self.sampler.sample_flat(size, self.generator)
             loss, metrics = self.algorithm.flat_loss(x, y, num_labels), {}
         else:
-            batch = self.sampler.sample(self.algorithm.meta_batch_size, self.generator)
+            # Every rank draws the whole meta-batch (the generator stays in step), adapts its share.
+            batch = self.dist.shard(self.sampler.sample(self.algorithm.meta_batch_size,
+                                                        self.generator))
             outer_step = getattr(self.algorithm, "outer_step", None)
             if outer_step is not None:
                 # The algorithm owns its outer update (meta-RL: TRPO, or this optimizer).
@@ -294,10 +326,18 @@ class _Trainer:
                 self._check_finite(loss)
                 return loss.item(), metrics
             loss, metrics = self.algorithm.meta_loss(batch)
-        self._check_finite(loss)
+        if not self.dist.active:
+            self._check_finite(loss)
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        if self.dist.active:
+            # One all_reduce: meta-gradients, loss and metrics; a NaN on any rank stops every rank.
+            params = ([p for g in self.optimizer.param_groups for p in g["params"]]
+                      if self.optimizer is not None else [])
+            loss, metrics = self.dist.average_gradients(params, loss, metrics)
+            self._check_finite(loss)
+        if self.optimizer is not None:
             self.algorithm.clip_meta_gradients()
             self.optimizer.step()
         return loss.item(), metrics
@@ -342,13 +382,13 @@ class _Trainer:
             self.best.update(iteration=self.iteration, value=value)
             # The whole state_dict: theta0, alpha, the rule weights, batch-norm buffers - every
             # meta-parameter, not only the ones a particular learner happens to expose.
-            save_checkpoint(self.run_dir / "best.pt", self._checkpoint())
+            self._save("best.pt")
         self._log(record)
         line = (f"[{self.iteration}/{self.config.iterations}] val {self.metric} {value:.4g} "
                 f"± {record[f'{self.metric}_ci95'] or 0:.2g}" + (" (best)" if improved else ""))
         if not bar.disable:
             bar.write(line)
-        elif self.config.progress is None:  # no terminal (a log file): one line per validation
+        elif self.config.progress is None and self.dist.is_writer:  # no terminal (a log file): one line per validation
             print(line, file=sys.stderr, flush=True)
 
 

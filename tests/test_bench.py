@@ -370,3 +370,23 @@ def test_byom_result_file(tmp_path):
     assert fused_row["speedup_vs_reference"] > 0 and fused_row["peak_bytes"] > 0
     text = results.render(record)
     assert "nn.Module vs built-in" in text and "ResNet-12" in text
+
+
+def test_distributed_result_file(tmp_path):
+    """bench.distributed launches 1 and 2 real processes; Omniglot without data is skipped."""
+    from bench import distributed as bench_distributed
+    out = tmp_path / "distributed.json"
+    bench_distributed.main(["--quick", "--repeats", "1", "--data-root", str(tmp_path / "none"),
+                            "--timeout", "240", "--out", str(out)])
+    record = json.loads(out.read_text())
+    check_header(record, "distributed")
+    skipped = [r for r in record["results"] if r["status"] != "ok"]
+    assert [r["status"] for r in skipped] == ["skipped"] and "no Omniglot data" in skipped[0]["reason"]
+    rows = {r["processes"]: r for r in record["results"] if r["status"] == "ok"}
+    assert sorted(rows) == [1, 2]
+    assert rows[1]["tasks_per_rank"] == 2 and rows[2]["tasks_per_rank"] == 1
+    assert rows[2]["backend"] == "gloo" and rows[1]["backend"] is None
+    assert all(r["iterations_per_s"] > 0 and r["threads_per_process"] == 1 for r in rows.values())
+    assert rows[1]["speedup"] == 1.0
+    assert rows[2]["efficiency"] == pytest.approx(rows[2]["speedup"] / 2)
+    assert "scaling efficiency" in results.render(record)
