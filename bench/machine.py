@@ -35,6 +35,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_simd_path() -> str:
+    """The SIMD path the CPU kernels take here (baseline, avx2 or avx512), by the rule of
+    csrc/cpu/capability.cpp: the CPU's flags, lowered by LEARNEDOPT_CPU_CAPABILITY. Results of
+    AVX2-only and AVX-512 hosts differ by several times, so every record names its path."""
+    try:
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    order = ("baseline", "avx2", "avx512")
+    best = 2 if {"avx512f", "avx512dq"} <= flags else 1 if {"avx2", "fma"} <= flags else 0
+    wanted = os.environ.get("LEARNEDOPT_CPU_CAPABILITY")
+    return order[min(best, order.index(wanted))] if wanted in order else order[best]
+
+
 def git_commit() -> str:
     """HEAD of this checkout, with "+dirty" when tracked files differ from it."""
     def git(*args):
@@ -92,6 +110,11 @@ def describe_machine(device: torch.device) -> dict:
         "platform": platform.platform(),
         "load_average": load_average(),
     }
+    if device.type == "cpu":
+        # Ratios are the claims, but the ISA and the FMA peak say which kind of host gave them.
+        info["simd_path"] = cpu_simd_path()
+        peak, _ = measure_cpu_fma_peak(0.5)
+        info["fp32_fma_peak_flop_per_s"] = peak
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu_model"] = props.name

@@ -97,7 +97,10 @@ def machine_line(record: dict) -> str:
     cuda = f", CUDA {m['cuda']}" if m.get("cuda") and record["device"] == "cuda" else ""
     label = f" — **{record['label']}**" if record.get("label") else ""
     load = f", load average {m['load_average'][0]} at the start" if m.get("load_average") else ""
-    return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads{load}), "
+    isa = f", {m['simd_path']} kernels" if m.get("simd_path") else ""
+    peak = (f", FMA probe {m['fp32_fma_peak_flop_per_s'] / 1e9:.0f} GFLOP/s"
+            if m.get("fp32_fma_peak_flop_per_s") else "")
+    return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads{isa}{peak}{load}), "
             f"torch {m['torch']}{cuda}; {record['date']}, commit {_short_commit(record['git_commit'])}{label}")
 
 

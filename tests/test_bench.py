@@ -390,3 +390,21 @@ def test_distributed_result_file(tmp_path):
     assert rows[1]["speedup"] == 1.0
     assert rows[2]["efficiency"] == pytest.approx(rows[2]["speedup"] / 2)
     assert "scaling efficiency" in results.render(record)
+
+
+def test_every_cpu_record_names_its_simd_path_and_fma_peak(monkeypatch):
+    # AVX2-only and AVX-512 hosts give ratios several times apart: a record must say which it was.
+    monkeypatch.delenv("LEARNEDOPT_CPU_CAPABILITY", raising=False)
+    best = machine.cpu_simd_path()
+    assert best in ("baseline", "avx2", "avx512")
+    monkeypatch.setenv("LEARNEDOPT_CPU_CAPABILITY", "baseline")
+    assert machine.cpu_simd_path() == "baseline"
+    monkeypatch.delenv("LEARNEDOPT_CPU_CAPABILITY")
+    info = machine.describe_machine(torch.device("cpu"))
+    assert info["simd_path"] == best
+    if _extension._C is not None:
+        assert info["fp32_fma_peak_flop_per_s"] > 1e9
+    record = {"machine": info, "device": "cpu", "date": "2026-01-01T00:00:00+00:00",
+              "git_commit": "0" * 40}
+    line = results.machine_line(record)
+    assert f"{best} kernels" in line and ("GFLOP/s" in line) == (_extension._C is not None)
