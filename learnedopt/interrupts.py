@@ -148,7 +148,8 @@ def parse_duration(text: str) -> float:
     pos, total, parts = 0, 0.0, 0
     while pos < len(raw):
         match = _PART.match(raw, pos)
-        if not match or (match.group(2) == "" and match.end() != len(raw)):
+        # A bare number is seconds only as the whole text ("5m3" is refused, not 5m + 3s).
+        if not match or (match.group(2) == "" and (parts or match.end() != len(raw))):
             break
         total += float(match.group(1)) * _UNITS[match.group(2).lower()]
         pos, parts = match.end(), parts + 1
