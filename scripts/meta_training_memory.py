@@ -12,9 +12,10 @@ and the numbers of Python objects and live tensors the garbage collector tracks,
 scripts/optimizer_memory.py does for the drop-in optimizers.
 
 After the first ``--warmup`` fraction of the iterations (allocator pools, caches, the first
-checkpoint write) a rule passes when the peak RSS grows by less than ``--max-growth`` of the RSS
-at the end of warm-up, and the tensor count does not grow, nor the Python object count beyond the one dict per metrics
-record that the run keeps by design (every record goes into each checkpoint).
+checkpoint write, at 1/20 of the iterations) a rule passes when the peak RSS grows by less than
+``--max-growth`` of the RSS at the end of warm-up, and the Python object and tensor counts do not
+grow. (The metrics records the run keeps, one per log record, are growth by design, reported as
+metrics_records_growth.)
 
     python3 scripts/meta_training_memory.py --out results/reliability/meta_training_memory.json
 """
@@ -74,7 +75,9 @@ def measure(name: str, inner_steps_total: int, inner_steps: int, meta_batch: int
     config = TrainConfig(algorithm=algorithm, task={"name": "sine", "shots": 5, "queries": 5},
                          out=str(workdir / name), iterations=iterations,
                          val_every=iterations + 1, val_tasks=10, log_every=log_every,
-                         checkpoint_every=max(1, iterations // 4), seed=0, progress=False,
+                         # The first checkpoint write falls inside warm-up (torch.save sets
+                         # up its machinery once: a one-time jump in Python objects).
+                         checkpoint_every=max(1, iterations // 20), seed=0, progress=False,
                          options={"inner_steps": inner_steps, "meta_batch_size": meta_batch,
                                   "first_order": first_order})
     train_module._Trainer._flush_window = sampled_flush
@@ -96,8 +99,9 @@ def measure(name: str, inner_steps_total: int, inner_steps: int, meta_batch: int
             "rss_growth_fraction": (peak - warm["rss_bytes"]) / warm["rss_bytes"],
             "python_objects_growth": after[-1]["python_objects"] - warm["python_objects"],
             "tensors_growth": after[-1]["tensors"] - warm["tensors"],
-            # The run keeps every metrics record (it goes into each checkpoint): one dict per
-            # log record is growth by design, bounded by iterations / log_every.
+            # The run keeps every metrics record (they go into each checkpoint): growth by
+            # design, bounded by iterations / log_every; dicts of plain numbers are not tracked
+            # by the garbage collector, so they do not show in python_objects.
             "metrics_records_growth": after[-1]["metrics_records"] - warm["metrics_records"],
             "samples": samples}
 
@@ -125,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(name, args.inner_steps_total, args.inner_steps, args.meta_batch,
                              args.log_every, args.warmup, Path(tmp))
             result["passed"] = (result["rss_growth_fraction"] < args.max_growth
-                                and result["python_objects_growth"]
-                                <= result["metrics_records_growth"]
+                                and result["python_objects_growth"] <= 0
                                 and result["tensors_growth"] <= 0)
             ok &= result["passed"]
             record["results"].append(result)
