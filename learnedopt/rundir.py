@@ -52,10 +52,12 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.command = command if command is not None else _this_command()
         self._fd: int | None = None
+        self.created = False  # whether acquire() made the directory
         self.replaced: dict[str, Any] | None = None  # the dead holder's record, if one was left
 
     def acquire(self) -> "RunLock":
         try:
+            self.created = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -103,6 +105,13 @@ class RunLock:
             pass
         os.close(self._fd)  # closing drops the flock
         self._fd = None
+        if self.created:  # a run that failed before writing anything leaves no empty directory
+            try:
+                if [p.name for p in self.run_dir.iterdir()] == [LOCK_NAME]:
+                    self.path.unlink()
+                    self.run_dir.rmdir()
+            except OSError:
+                pass
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

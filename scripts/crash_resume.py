@@ -16,7 +16,10 @@ A trial passes when:
 - its metrics.jsonl equals the uninterrupted run's without the elapsed_s fields.
 
 The kill moment is uniform over the uninterrupted run's measured training time, counted from
-when the killed process takes the run directory's lock (so start-up is not what gets killed).
+when the process has set the run up (it holds the run directory's lock and has written
+config.json), so that the kills land in training, not in Python's start-up. (A kill before
+config.json exists leaves nothing to resume; the trial then reruns the original command with
+--resume, as a user would.)
 
     python3 scripts/crash_resume.py --out results/reliability/crash_resume.json
 """
@@ -68,15 +71,16 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> None:
         raise RuntimeError(f"training failed (exit {proc.returncode}):\n{err}")
 
 
-def wait_locked(run: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
-    """Until ``proc`` holds ``run``'s lock (False if it ended first)."""
+def wait_training(run: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Until ``proc`` has set its run up and starts training: it holds ``run``'s lock and has
+    written config.json (False if it ended first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        lock = run / ".lock"
         try:
-            if f'"pid": {proc.pid},' in lock.read_text():
+            if f'"pid": {proc.pid},' in (run / ".lock").read_text() and \
+                    (run / "config.json").exists():
                 return True
         except FileNotFoundError:
             pass
@@ -107,7 +111,7 @@ def trial(index: int, workdir: Path, reference: Path, delay_s: float, iterations
     run = workdir / f"trial-{index:02d}"
     proc = start(train_args(run, iterations, checkpoint_every))
     killed_at = None
-    if wait_locked(run, proc):
+    if wait_training(run, proc):
         time.sleep(delay_s)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -165,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         reference = workdir / "uninterrupted"
         proc = start(train_args(reference, args.iterations, args.checkpoint_every))
-        wait_locked(reference, proc)
+        wait_training(reference, proc)
         began = time.monotonic()
         finish(proc)
         training_s = time.monotonic() - began
         record["uninterrupted_training_s"] = round(training_s, 3)
-        print(f"uninterrupted run: {training_s:.2f} s from taking the lock to the end", flush=True)
+        print(f"uninterrupted run: {training_s:.2f} s of training", flush=True)
         rng = random.Random(args.seed)
         results = []
         for index in range(args.trials):

@@ -13,8 +13,8 @@ scripts/optimizer_memory.py does for the drop-in optimizers.
 
 After the first ``--warmup`` fraction of the iterations (allocator pools, caches, the first
 checkpoint write, at 1/20 of the iterations) a rule passes when the peak RSS grows by less than
-``--max-growth`` of the RSS at the end of warm-up, and the Python object and tensor counts do not
-grow. (The metrics records the run keeps, one per log record, are growth by design, reported as
+``--max-growth`` of the RSS at the end of warm-up, the tensor count does not grow and the Python
+object count by at most OBJECT_NOISE (2: a transient object caught alive by a sample). (The metrics records the run keeps, one per log record, are growth by design, reported as
 metrics_records_growth.)
 
     python3 scripts/meta_training_memory.py --out results/reliability/meta_training_memory.json
@@ -40,6 +40,9 @@ from bench.results import write_json  # noqa: E402
 from learnedopt import train as train_module  # noqa: E402
 from learnedopt.train import TrainConfig, train  # noqa: E402
 
+# A sample can catch a transient object or two alive (the count moves by +-1 between samples of a
+# flat run); a leak of one object per iteration would show as thousands.
+OBJECT_NOISE = 2
 RULES = {"metalstm-fo": ("metalstm", True), "turtle-so": ("turtle", False)}
 
 
@@ -122,14 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     record = run_header("meta_training_memory", torch.device("cpu"), argv)
     record["command"] = " ".join(["python3", "scripts/meta_training_memory.py",
                                   *(sys.argv[1:] if argv is None else argv)])
-    record.update(schema="learnedopt-reliability/1", max_growth=args.max_growth, results=[])
+    record.update(schema="learnedopt-reliability/1", max_growth=args.max_growth,
+                  python_object_noise=OBJECT_NOISE, results=[])
     ok = True
     with tempfile.TemporaryDirectory(prefix="meta-memory-") as tmp:
         for name in args.rules:
             result = measure(name, args.inner_steps_total, args.inner_steps, args.meta_batch,
                              args.log_every, args.warmup, Path(tmp))
             result["passed"] = (result["rss_growth_fraction"] < args.max_growth
-                                and result["python_objects_growth"] <= 0
+                                and result["python_objects_growth"] <= OBJECT_NOISE
                                 and result["tensors_growth"] <= 0)
             ok &= result["passed"]
             record["results"].append(result)

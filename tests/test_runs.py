@@ -137,6 +137,10 @@ def test_lock_in_process(tmp_path):
         assert lock.replaced is None
     with RunLock(tmp_path / "run"):  # released: free again
         pass
+    # A run that fails before writing anything (here: an unknown algorithm) leaves no directory.
+    with pytest.raises(ValueError):
+        train(config(tmp_path / "typo", algorithm="no-such-algorithm"))
+    assert not (tmp_path / "typo").exists()
 
 
 def test_signal_stops_after_the_iteration_and_resumes_bitwise(tmp_path, monkeypatch,
