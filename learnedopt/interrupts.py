@@ -51,7 +51,8 @@ class TimeLimitReached(_Stopped, Exception):
 
 class StopRequests:
     """``with StopRequests() as stop:`` ... ``stop.signum`` is the first signal received (or
-    None). ``iteration`` (kept current by the loop) goes into the immediate stop's message."""
+    None). ``iteration`` (kept current by the loop): the last iteration completed, which an
+    immediate stop (a second signal) reports."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -78,8 +79,8 @@ class StopRequests:
             self.signum = signum
             return
         raise RunInterrupted(
-            f"interrupted again during iteration {self.iteration + 1}: stopped at once without a "
-            f"new checkpoint ({self.describe_checkpoint()} is intact); resume with: "
+            f"interrupted again: stopped at once, without a new checkpoint "
+            f"({self.describe_checkpoint()} is intact); resume with: "
             f"{resume_command(self.run_dir)}", self.iteration, self.run_dir,
             SIGNAL_EXIT_CODES.get(signum, 130))
 

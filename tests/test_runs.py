@@ -167,6 +167,26 @@ def test_signal_stops_after_the_iteration_and_resumes_bitwise(tmp_path, monkeypa
         [{k: v for k, v in r.items() if k != "elapsed_s"} for r in load_metrics(resumed)]
 
 
+def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                    tiny_registry):  # noqa: F811
+    real = TinyMetaSGD.meta_loss
+
+    def twice(self, batch):
+        if self.calls == 9:  # during iteration 10; the last checkpoint is iteration 8's
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, batch)
+
+    monkeypatch.setattr(TinyMetaSGD, "meta_loss", twice)
+    with pytest.raises(RunInterrupted, match=r"interrupted again: stopped at once, without a new "
+                                             r"checkpoint \(the last good checkpoints?: .*last.pt' "
+                                             r"\(iteration 8\)") as stop:
+        train(config(tmp_path / "run", checkpoint_every=4))
+    assert stop.value.exit_code == 130
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 8
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
 def test_time_limit_stops_with_a_checkpoint_before_the_deadline(tmp_path, monkeypatch,
                                                                 tiny_registry):  # noqa: F811
     real = TinyMetaSGD.meta_loss
