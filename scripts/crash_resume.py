@@ -27,7 +27,6 @@ config.json exists leaves nothing to resume; the trial then reruns the original 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
