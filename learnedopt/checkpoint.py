@@ -17,7 +17,11 @@ Layout (``FORMAT`` = "learnedopt-checkpoint/1")::
      "metrics": [...],                   # every record of metrics.jsonl so far
      "window": {...},                    # train metrics summed since the last log record
      "elapsed_s": 12.5,                  # training wall time so far
-     "versions": {"learnedopt", "torch"}}
+     "versions": {"learnedopt", "torch"},
+     "checksum": {"algorithm": "sha256", "digest": ...}}   # learnedopt.integrity: of all the rest
+
+The checksum is verified on load: a file whose content changed is refused. A file written before
+checksums (no "checksum" key) still loads, with a note on stderr.
 
 ``learnedopt.optim.*.from_pretrained`` reads only "format", "algorithm", "options" and
 "state_dict", so those names are fixed.
@@ -28,11 +32,15 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from learnedopt import integrity
 
 FORMAT = "learnedopt-checkpoint/1"
 REQUIRED_KEYS = ("format", "algorithm", "options", "state_dict", "iteration")
@@ -86,8 +94,14 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
         raise CheckpointError(f"refusing to save a checkpoint without {missing}")
     if checkpoint["format"] != FORMAT:
         raise CheckpointError(f"refusing to save format {checkpoint['format']!r}; expected {FORMAT!r}")
+    try:
+        sealed = integrity.seal(checkpoint)
+    except TypeError as exc:  # content no checkpoint may hold: say what weights_only would refuse
+        sealed, unsealable = checkpoint, exc
+    else:
+        unsealable = None
     buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
+    torch.save(sealed, buffer)
     # Catch, at save time, content that weights_only loading would refuse (any Python object other
     # than tensors, containers and plain scalars), instead of writing a file nobody can load safely.
     buffer.seek(0)
@@ -96,6 +110,9 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"refusing to save a checkpoint that torch.load(weights_only=True) "
                               f"cannot read: {_reason(exc)}") from None
+    if unsealable is not None:
+        raise CheckpointError(f"refusing to save a checkpoint whose content cannot be "
+                              f"checksummed: {unsealable}")
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -105,13 +122,49 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+    checkpoint = safe_load(path, map_location, CheckpointError, "checkpoint")
+    checkpoint = validate_checkpoint(checkpoint, source=str(path))
+    check_integrity(checkpoint, str(path), CheckpointError, "checkpoint")
+    return checkpoint
+
+
+def safe_load(path: Path, map_location: Any, error: type[Exception], what: str) -> Any:
+    """``torch.load(weights_only=True)`` with the failures turned into ``error`` naming the file:
+    a pickle that would import code is refused for safety, not offered a way around the check."""
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - random bytes raise IndexError, KeyError, ... too
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable learnedopt checkpoint (truncated, corrupt, or not "
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and wanted:
+            raise error(f"{str(path)!r} is not a learnedopt {what}: it asks to import "
+                        f"{wanted.group(1)}, which a learnedopt file never does; refused for "
+                        f"safety (nothing in it was run)") from None
+        raise error(
+            f"{str(path)!r} is not a readable learnedopt {what} (truncated, corrupt, or not "
             f"written by torch.save / learnedopt): {_reason(exc)}") from exc
-    return validate_checkpoint(checkpoint, source=str(path))
+
+
+def check_integrity(data: Any, source: str, error: type[Exception], what: str) -> None:
+    """Verify the content checksum (learnedopt.integrity): a mismatch raises ``error``; a file
+    from before checksums gets a note on stderr and loads."""
+    try:
+        status = integrity.verify(data, source, what)
+    except integrity.IntegrityError as exc:
+        raise error(str(exc)) from None
+    if status == "absent":
+        print(f"learnedopt: note: {source!r} has no content checksum (written before learnedopt "
+              f"recorded them), so corruption inside it cannot be detected; re-save it to add one",
+              file=sys.stderr)
+
+
+def require_keys(checkpoint: dict[str, Any], keys: tuple[str, ...], source: str, purpose: str
+                 ) -> None:
+    """Raise :class:`CheckpointError` naming the file and the missing keys that ``purpose`` needs."""
+    missing = [k for k in keys if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{source!r} lacks the key{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(repr(k) for k in missing)}, needed to {purpose}; it is "
+                              f"not a complete checkpoint written by 'learnedopt train'")
 
 
 def _reason(exc: BaseException) -> str:

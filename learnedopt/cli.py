@@ -49,8 +49,17 @@ examples:
   # your own model and tasks, by import path (recorded, so eval and --resume rebuild them)
   learnedopt train --algorithm turtle --model mypkg.nets:resnet12 --model-opt ways=5 \
       --tasks mypkg.data:tasks --tasks-opt root=data/mini --head fc --out runs/resnet-turtle
-  # continue an interrupted run (or extend it with a larger --iterations)
+  # continue an interrupted run from its recorded config (optionally with a larger --iterations)
+  learnedopt train --resume runs/maml-sine --iterations 40000
+  # the older form, every original flag given again
   learnedopt train --algorithm maml --task sine --iterations 40000 --out runs/maml-sine --resume
+  # a long run in pieces: stop cleanly before 2 hours (exit code 75), then resume
+  learnedopt train --algorithm turtle --task sine --iterations 100000 --out runs/t --time-limit 2h
+  learnedopt train --resume runs/t --time-limit 2h
+
+Ctrl-C (SIGINT) or SIGTERM: the current iteration finishes, last.pt is written, and the run
+exits (130 / 143) with the line to resume it; a second signal stops at once (last.pt intact).
+One run at a time per directory: a second one into a directory in use is refused.
 
 A run directory holds config.json, metrics.jsonl, last.pt (resumable) and best.pt (the best
 validation score; every meta-parameter).
@@ -103,6 +112,16 @@ def _int_at_least(low: int, expected: str):
 
 
 _positive_int = _int_at_least(1, "a positive integer")
+
+
+def _duration(text: str) -> str:
+    """An argparse type: a duration (learnedopt.interrupts.parse_duration), kept as text."""
+    from learnedopt.interrupts import parse_duration
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
@@ -220,10 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="meta-train an algorithm; writes a run directory",
                        description="Meta-train an algorithm on a task distribution. Algorithm "
                                    "options default to the paper settings for the task (SPEC).")
-    p.add_argument("--algorithm", required=True,
+    p.add_argument("--algorithm",
                    help="maml, fomaml, metasgd, taml, metalstm, metalstm++, enhanced-lstm, turtle, "
                         "scratch, finetune, baseline++")
-    p.add_argument("--out", required=True, help="run directory to create (or resume)")
+    p.add_argument("--out", help="run directory to create (or resume); required unless "
+                                 "--resume RUN_DIR")
     _add_task(p)
     model = p.add_argument_group("your own model (default: the paper's learner for the task)")
     model.add_argument("--model", dest="model_factory", metavar="MODULE:ATTR",
@@ -264,8 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=_positive_int,
                      help="write last.pt every N iterations (default: at every validation)")
     run.add_argument("--seed", type=int, default=0, help="seed for initialisation and tasks")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last.pt (bitwise on CPU)")
+    run.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                     help="continue a run from its last.pt (bitwise on CPU): --resume RUN_DIR "
+                          "alone takes every setting from RUN_DIR/config.json (only --iterations, "
+                          "--no-progress, --backend and --time-limit may be added); plain "
+                          "--resume continues --out with the flags given again")
+    run.add_argument("--time-limit", type=_duration, metavar="DURATION",
+                     help="stop cleanly with a checkpoint before this much wall time (2h, 90m, "
+                          "1h30m, 45s or seconds); exit code 75, resume with --resume RUN_DIR")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_runtime(run)
 
@@ -393,10 +419,59 @@ def _learner_spec(args: argparse.Namespace) -> dict[str, Any] | None:
             "batching": args.batching}
 
 
+# train flags a --resume RUN_DIR may add (the rest would change the recorded run), and the
+# TrainConfig field each run flag sets (refused by learnedopt.train.resume_config, naming it).
+RESUME_FLAGS = ("resume", "out", "iterations", "no_progress", "backend", "time_limit")
+RUN_FLAG_FIELDS = {"val_every": "val_every", "val_tasks": "val_tasks", "log_every": "log_every",
+                   "checkpoint_every": "checkpoint_every", "seed": "seed", "device": "device"}
+
+
+def _given_train_flags(argv: Sequence[str]) -> set[str]:
+    """The destinations of the train flags present on the command line (not defaulted)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train_parser = sub.choices["train"]
+    for action in train_parser._actions:
+        action.default = argparse.SUPPRESS
+    rest = list(argv)[list(argv).index("train") + 1:]
+    return set(vars(train_parser.parse_args(rest)))
+
+
+def _resume_config(args: argparse.Namespace):
+    """--resume RUN_DIR: the recorded config, with the resumable flags given."""
+    from learnedopt.train import resume_config
+    run_dir = args.resume
+    given = _given_train_flags(args.argv)
+    if args.out is not None and Path(args.out) != Path(run_dir):
+        raise ValueError(f"--resume {run_dir} and --out {args.out} name different run "
+                         f"directories (give one)")
+    flags = sorted(f for f in given if f not in RESUME_FLAGS and f not in RUN_FLAG_FIELDS)
+    if flags:
+        names = ", ".join("--" + f.replace("_", "-") for f in flags)
+        raise ValueError(f"--resume {run_dir} continues the run recorded in its config.json; "
+                         f"{names} would change it (a resumed run may add only --iterations, "
+                         f"--no-progress, --backend and --time-limit): drop {names}")
+    changes = {RUN_FLAG_FIELDS[f]: getattr(args, f) for f in given if f in RUN_FLAG_FIELDS}
+    for flag, field in (("iterations", "iterations"), ("backend", "backend")):
+        if flag in given:
+            changes[field] = getattr(args, flag)
+    if "no_progress" in given:
+        changes["progress"] = False
+    return resume_config(run_dir, **changes)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from learnedopt.checkpoint import load_checkpoint
     from learnedopt.train import train
-    run_dir = train(_train_config(args), resume=args.resume)
+    if isinstance(args.resume, str):
+        config = _resume_config(args)
+    else:
+        missing = [f for f, v in (("--algorithm", args.algorithm), ("--out", args.out)) if v is None]
+        if missing:
+            raise ValueError(f"train needs {' and '.join(missing)} (or --resume RUN_DIR to "
+                             f"continue a recorded run)")
+        config = _train_config(args)
+    run_dir = train(config, resume=bool(args.resume), time_limit=args.time_limit)
     if not distributed.current().is_writer:
         return 0
     best = load_checkpoint(run_dir / "best.pt")["best"]
@@ -508,15 +583,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["learnedopt", *argv])  # recorded in result files
+    args.argv = argv
     if args.command is None:
         print(info_text())
         print("\nrun 'learnedopt --help' for the commands")
         return 0
+    from learnedopt.interrupts import RunInterrupted, TimeLimitReached
     try:
         if hasattr(args, "dist_timeout"):  # under torchrun: join the job before anything else
             distributed.init_from_env(args.device, args.dist_timeout)
         return COMMANDS[args.command](args)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except (RunInterrupted, TimeLimitReached) as stop:  # a checkpoint was written (or kept)
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # outside a training loop: nothing to save
+        print(f"learnedopt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, RuntimeError, FloatingPointError) as exc:
         if os.environ.get("LEARNEDOPT_TRACEBACK"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -246,6 +246,21 @@ class Context:
         with self._collective("broadcast from rank 0"):
             torch.distributed.broadcast_object_list(message, src=0)
 
+    def _collective_device(self) -> torch.device:
+        # NCCL reduces CUDA tensors only (each rank's own GPU); gloo CPU ones.
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    def any_of(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag, true when it is true on any rank (one small all_reduce; the flags
+        themselves in one process): how the ranks agree to stop at the same iteration."""
+        if not self.active:
+            return tuple(bool(f) for f in flags)
+        values = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32,
+                              device=self._collective_device())
+        with self._collective("agreement on stopping (signal or time limit)"):
+            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+        return tuple(bool(v) for v in values.tolist())
+
     def barrier(self, what: str = "barrier") -> None:
         if self.active:
             with self._collective(what):

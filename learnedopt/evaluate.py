@@ -18,7 +18,7 @@ import torch
 
 import learnedopt
 from learnedopt import distributed, experiment, ops
-from learnedopt.checkpoint import atomic_write_bytes, load_checkpoint
+from learnedopt.checkpoint import atomic_write_bytes, load_checkpoint, require_keys
 
 RESULT_FORMAT = "learnedopt-result/1"
 Z_95 = 1.96
@@ -132,6 +132,7 @@ def evaluate_checkpoint(path: str | os.PathLike, num_tasks: int | None = None,
     ``tasks``, ``loss``, ``metrics``: user objects the checkpoint could not record as import
     paths (see :func:`learnedopt.train.meta_train`)."""
     checkpoint = load_checkpoint(path)
+    require_keys(checkpoint, ("learner", "task"), str(path), "rebuild the model and its tasks")
     task_spec = dict(checkpoint.get("task") or {})
     if not task_spec:
         raise ValueError(f"{str(path)!r} records no task spec; cannot rebuild its tasks")

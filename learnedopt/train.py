@@ -8,9 +8,14 @@ A run directory holds::
     last.pt         the latest checkpoint (learnedopt.checkpoint), every ``checkpoint_every``
     best.pt         the whole algorithm state at the best validation score
 
-Resuming (``train(config, resume=True)``) restores the model, the outer optimizer, the iteration,
-the task generator and the torch RNG, so on the CPU a run interrupted and resumed is bitwise the
-run that was never interrupted.
+Resuming (``train(config, resume=True)``, or :func:`resume` from the run directory alone)
+restores the model, the outer optimizer, the iteration, the task generator and the torch RNG, so
+on the CPU a run interrupted and resumed is bitwise the run that was never interrupted.
+
+One run at a time owns a run directory (learnedopt.rundir: a lock held for the run's life; a
+second run into it is refused naming the holder). SIGINT / SIGTERM and ``time_limit`` stop the
+run at the end of an iteration with a checkpoint (learnedopt.interrupts). A non-finite meta-loss
+or meta-parameter stops it with FloatingPointError before anything non-finite is written.
 
 Under torchrun the same loop runs data-parallel: each rank adapts its share of every meta-batch,
 the meta-gradients are averaged over the ranks and only rank 0 writes (learnedopt.distributed).
@@ -21,7 +26,9 @@ out=...)``), or ``train(config, model=..., tasks=...)`` with the specs of learne
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -33,9 +40,18 @@ from typing import Any
 import torch
 
 import learnedopt
-from learnedopt import distributed, experiment, ops
-from learnedopt.checkpoint import FORMAT, atomic_write_bytes, load_checkpoint, save_checkpoint
+from learnedopt import distributed, experiment, interrupts, ops
+from learnedopt.checkpoint import (FORMAT, atomic_write_bytes, load_checkpoint, require_keys,
+                                   save_checkpoint)
 from learnedopt.evaluate import evaluate_tasks, summarize
+from learnedopt.rundir import RunLock, remove_stale_temporaries
+
+# Divergence warnings (a documented rule, for loss metrics): the first validation's loss after
+# adaptation more than INNER_DIVERGENCE times the same tasks' loss without adaptation (the inner
+# loop blows up: inner_lr too large), or a later validation loss more than OUTER_DIVERGENCE times
+# the run's first (the meta-parameters blow up: outer_lr too large).
+INNER_DIVERGENCE = 1e3
+OUTER_DIVERGENCE = 1e6
 
 
 @dataclasses.dataclass
@@ -102,31 +118,87 @@ def meta_optimizer(parameters, lr: float) -> torch.optim.Adam:
 
 
 def train(config: TrainConfig, resume: bool = False, *, model=None, tasks=None, loss=None,
-          metrics=None) -> Path:
+          metrics=None, time_limit: float | str | None = None) -> Path:
     """Meta-train as ``config`` says; returns the run directory. ``resume`` continues the run in
-    ``config.out`` from its last.pt (it may raise ``iterations``, nothing else).
+    ``config.out`` from its last.pt (only the fields in ``TrainConfig.RESUMABLE_CHANGES`` may
+    differ from the recorded run's).
 
     ``model`` (an ``nn.Module`` or a learner) and ``tasks`` (a sampler) stand in for what the
     learner and task specs would import; ``loss`` / ``metrics`` for a module learner's functions
-    that could not be recorded as import paths. Give them again to resume such a run."""
+    that could not be recorded as import paths. Give them again to resume such a run.
+
+    ``time_limit`` (seconds, or "2h", "90m", ...): stop before it with a checkpoint, raising
+    :class:`learnedopt.interrupts.TimeLimitReached`. SIGINT / SIGTERM (main thread) stop at the
+    end of the current iteration with a checkpoint, raising
+    :class:`learnedopt.interrupts.RunInterrupted` (a KeyboardInterrupt). Either says how to
+    resume. Another run holding ``config.out`` raises :class:`learnedopt.rundir.RunDirectoryBusy`.
+    """
     config.validate()
-    distributed.init_from_env(config.device)  # under torchrun: join the job (else nothing)
-    with ops.use_backend(config.backend):
-        return _Trainer(config, resume, objects={"model": model, "tasks": tasks, "loss": loss,
-                                                 "metrics": metrics}).run()
+    if isinstance(time_limit, str):
+        deadline = interrupts.Deadline(interrupts.parse_duration(time_limit), time_limit)
+    else:
+        deadline = None if time_limit is None else interrupts.Deadline(time_limit)
+    job = distributed.init_from_env(config.device)  # under torchrun: join the job (else nothing)
+    with contextlib.ExitStack() as held, ops.use_backend(config.backend):
+        def take_run_directory():
+            # Rank 0 owns the run directory for the job (the other ranks write nothing); its
+            # refusal (another run holds it) is raised on every rank.
+            held.enter_context(RunLock(config.out))
+            return remove_stale_temporaries(config.out)
+        removed = job.from_writer(take_run_directory)
+        if removed and job.is_writer:
+            print(f"learnedopt: note: removed {len(removed)} temporary file(s) left in "
+                  f"{config.out!r} by an interrupted write ({', '.join(p.name for p in removed)})",
+                  file=sys.stderr)
+        trainer = _Trainer(config, resume, objects={"model": model, "tasks": tasks, "loss": loss,
+                                                    "metrics": metrics})
+        return trainer.run(deadline)
+
+
+def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
+    """The recorded configuration of the run in ``run_dir`` (its config.json), with ``changes``
+    applied; only fields in ``TrainConfig.RESUMABLE_CHANGES`` may change."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} holds no config.json: not a learnedopt run "
+                                f"directory (or the run never started)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{str(path)!r} is not a readable training config: {exc}") from None
+    config = TrainConfig.from_dict(data)
+    refused = sorted(k for k in changes if k not in TrainConfig.RESUMABLE_CHANGES)
+    if refused:
+        raise ValueError(f"a resumed run may not change {', '.join(refused)} (the recorded run "
+                         f"has {', '.join(f'{k}={getattr(config, k, None)!r}' for k in refused)}); "
+                         f"only {list(TrainConfig.RESUMABLE_CHANGES)} may change")
+    config = dataclasses.replace(config, **changes)
+    config.out = str(run_dir)
+    return config
+
+
+def resume(run_dir: str | os.PathLike, *, time_limit: float | str | None = None, model=None,
+           tasks=None, loss=None, metrics=None, **changes: Any) -> Path:
+    """Continue the run in ``run_dir`` from its recorded config.json and last.pt (``learnedopt
+    train --resume RUN_DIR``); ``changes``: resumable fields, e.g. ``iterations=40000``."""
+    return train(resume_config(run_dir, **changes), resume=True, model=model, tasks=tasks,
+                 loss=loss, metrics=metrics, time_limit=time_limit)
 
 
 def meta_train(model, tasks, *, algorithm: str, out: str | os.PathLike, loss=None, metrics=None,
                head: str | None = None, task_family: str | None = None, batching: str = "auto",
                model_kwargs: dict[str, Any] | None = None, tasks_kwargs: dict[str, Any] | None = None,
-               options: dict[str, Any] | None = None, resume: bool = False, **run: Any) -> Path:
+               options: dict[str, Any] | None = None, resume: bool = False,
+               time_limit: float | str | None = None, **run: Any) -> Path:
     """Meta-train ``algorithm`` on a user's model and tasks; returns the run directory (the same
     run directory, checkpoints, metrics and resume as ``learnedopt train``).
 
     ``model``: an ``nn.Module``, a learner (``learnedopt.learners.from_module(...)``), or the import
     path of a factory ("mypkg.nets:resnet12", called with ``model_kwargs``); ``loss`` (default:
     MSE or cross-entropy after the tasks' kind), ``metrics``, ``head``, ``task_family``,
-    ``batching``: as :class:`learnedopt.module_learner.ModuleLearner`'s. ``tasks``: a sampler
+    ``batching``: as :class:`learnedopt.module_learner.ModuleLearner`'s; ``time_limit``: as
+    :func:`train`'s. ``tasks``: a sampler
     (see learnedopt.tasks) or the import path of a factory (called with ``tasks_kwargs``). With
     import paths the run directory alone rebuilds everything (``learnedopt eval``, ``--resume``);
     with objects, pass them again. ``options``: the algorithm's (over the SPEC defaults); ``run``:
@@ -153,7 +225,8 @@ def meta_train(model, tasks, *, algorithm: str, out: str | os.PathLike, loss=Non
                          options=dict(options or {}), learner=learner_spec, **run)
     return train(config, resume=resume, model=model_object,
                  tasks=None if isinstance(tasks, str) else tasks,
-                 loss=None if (loss is None or isinstance(loss, str)) else loss, metrics=metrics)
+                 loss=None if (loss is None or isinstance(loss, str)) else loss, metrics=metrics,
+                 time_limit=time_limit)
 
 
 class _Trainer:
@@ -184,6 +257,7 @@ class _Trainer:
         # TrainFromScratch has nothing to meta-train: its run only records the (constant) loss and
         # checkpoints the algorithm, so that eval works on it like on any other.
         self.optimizer = meta_optimizer(trainable, self.algorithm.outer_lr) if trainable else None
+        self.trainable = trainable
         self.generator = torch.Generator(device=self.sampler.device).manual_seed(config.seed)
         self.metric, self.higher_is_better = learner.primary_metric
 
@@ -193,6 +267,8 @@ class _Trainer:
         self.best = {"iteration": None, "metric": self.metric, "value": None,
                      "higher_is_better": self.higher_is_better}
         self.elapsed_before = 0.0
+        self.saved: dict[str, int | None] = {}   # checkpoint file -> the iteration it holds
+        self.warned: set[str] = set()            # divergence warnings given (once each)
         if checkpoint is not None:
             self._restore(checkpoint)
         elif self.dist.is_writer:
@@ -225,12 +301,10 @@ class _Trainer:
         atomic_write_bytes(self.run_dir / "config.json",
                            (json.dumps(record, indent=2) + "\n").encode())
 
-    def _save(self, name: str) -> None:
-        if self.dist.is_writer:
-            save_checkpoint(self.run_dir / name, self._checkpoint())
-
     # ---- state -------------------------------------------------------------------------------
     def _restore(self, checkpoint: dict[str, Any]) -> None:
+        require_keys(checkpoint, ("optimizer", "rng", "metrics", "window", "best", "elapsed_s"),
+                     str(self.run_dir / "last.pt"), "resume the run")
         self.algorithm.load_state_dict(checkpoint["state_dict"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -244,6 +318,9 @@ class _Trainer:
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["generator"])
+        self.saved["last.pt"] = self.iteration
+        if (self.run_dir / "best.pt").is_file():
+            self.saved["best.pt"] = self.best.get("iteration")
         if self.dist.is_writer:
             self._write_config()
 
@@ -281,7 +358,7 @@ class _Trainer:
                 f.write(json.dumps(record) + "\n")
 
     # ---- loop --------------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self, deadline: interrupts.Deadline | None = None) -> Path:
         from tqdm.auto import tqdm
 
         config = self.config
@@ -290,25 +367,82 @@ class _Trainer:
         show = show and self.dist.is_writer  # one bar, rank 0's
         self.started = time.perf_counter()
         self.algorithm.train()
+        if deadline is not None:  # the cost of the final checkpoint before any was written
+            began = time.perf_counter()
+            torch.save(self._checkpoint(), io.BytesIO())
+            deadline.record_checkpoint(time.perf_counter() - began)
+        validation_batches = math.ceil(
+            config.val_tasks / max(1, getattr(self.algorithm, "meta_batch_size", 1) or 1))
         with tqdm(total=config.iterations, initial=self.iteration, disable=not show,
-                  desc=f"{config.algorithm} on {config.task['name']}", dynamic_ncols=True) as bar:
+                  desc=f"{config.algorithm} on {config.task['name']}", dynamic_ncols=True) as bar, \
+                interrupts.StopRequests(self.run_dir, self._describe_saved) as stop:
+            stop.iteration = self.iteration
             while self.iteration < config.iterations:
+                # Stop between iterations, with a checkpoint: on a signal received during the last
+                # one, or when the next would not end before the deadline. Under torchrun every
+                # rank stops at the same iteration (or the others would wait in a collective).
+                out_of_time = deadline is not None and not deadline.fits(
+                    (self.iteration + 1) % config.val_every == 0, validation_batches)
+                interrupted, out_of_time = self.dist.any_of(stop.signum is not None, out_of_time)
+                if interrupted or out_of_time:
+                    self._save_stop_checkpoint(deadline)
+                    if interrupted:
+                        raise stop.stopped(self.iteration)
+                    raise deadline.stopped(self.iteration, self.run_dir)
+                began = time.perf_counter()
                 loss, metrics = self._step()
                 self.iteration += 1
+                stop.iteration = self.iteration
                 self._accumulate(loss, metrics)
                 bar.update(1)
                 if self.iteration % config.log_every == 0:
                     record = self._flush_window()
                     bar.set_postfix(loss=f"{record['meta_loss']:.4g}")
+                if deadline is not None:
+                    deadline.record_iteration(time.perf_counter() - began)
                 if self.iteration % config.val_every == 0:
-                    self._validate(bar)
+                    began = time.perf_counter()
+                    self._validate(bar, deadline)
+                    if deadline is not None:
+                        deadline.record_validation(time.perf_counter() - began)
                 if self.iteration % checkpoint_every == 0 or self.iteration == config.iterations:
-                    self._save("last.pt")
+                    self._save("last.pt", deadline)
         if self.best["iteration"] is None:
             # No validation ran (val_every > iterations): the final model is the only candidate.
             self._save("best.pt")
         self.dist.barrier("end of training")  # no rank returns before rank 0 has written
         return self.run_dir
+
+    def _save(self, name: str, deadline: interrupts.Deadline | None = None) -> None:
+        """Write a checkpoint file, never one holding a non-finite meta-parameter or buffer (it
+        would replace a good one)."""
+        state = self.algorithm.state_dict()
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:
+            raise self._non_finite(f"the meta-parameters {bad[:5]} became non-finite (NaN or Inf)",
+                                   done=True)
+        began = time.perf_counter()
+        if self.dist.is_writer:  # the other ranks hold the same state and write nothing
+            save_checkpoint(self.run_dir / name, self._checkpoint())
+        if deadline is not None:
+            deadline.record_checkpoint(time.perf_counter() - began)
+        self.saved[name] = self.iteration
+
+    def _save_stop_checkpoint(self, deadline) -> None:
+        if self.saved.get("last.pt") != self.iteration or not (self.run_dir / "last.pt").is_file():
+            self._save("last.pt", deadline)
+
+    def _describe_saved(self) -> str:
+        present = [f"{str(self.run_dir / name)!r} (iteration {iteration})"
+                   for name, iteration in self.saved.items() if (self.run_dir / name).is_file()]
+        return ("the last good checkpoint" + ("s: " if len(present) > 1 else ": ") +
+                ", ".join(present)) if present else "no checkpoint was written yet"
+
+    def _non_finite(self, what: str, done: bool = False) -> FloatingPointError:
+        iteration = self.iteration if done else self.iteration + 1
+        return FloatingPointError(f"{what} at iteration {iteration}; nothing non-finite was "
+                                  f"saved, {self._describe_saved()} (try a lower outer or inner "
+                                  f"learning rate, or check the data for NaN)")
 
     def _step(self) -> tuple[float, dict[str, float]]:
         if self.algorithm.pretrains_flat:
@@ -324,6 +458,7 @@ class _Trainer:
                 # The algorithm owns its outer update (meta-RL: TRPO, or this optimizer).
                 loss, metrics = outer_step(batch, self.optimizer)
                 self._check_finite(loss)
+                self._check_parameters()
                 return loss.item(), metrics
             loss, metrics = self.algorithm.meta_loss(batch)
         if not self.dist.active:
@@ -340,13 +475,21 @@ class _Trainer:
         if self.optimizer is not None:
             self.algorithm.clip_meta_gradients()
             self.optimizer.step()
+            self._check_parameters()
         return loss.item(), metrics
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()).all():
-            raise FloatingPointError(
-                f"the meta-loss became {loss.item()} at iteration {self.iteration + 1}; last good "
-                f"checkpoint: {str(self.run_dir / 'last.pt')!r} (try a lower outer learning rate)")
+            raise self._non_finite(f"the meta-loss became {loss.item()}")
+
+    def _check_parameters(self) -> None:
+        """The outer step can make a meta-parameter non-finite while the loss was finite."""
+        if self.trainable and not bool(torch.stack([p.detach().isfinite().all()
+                                                    for p in self.trainable]).all()):
+            names = [n for n, p in self.algorithm.named_parameters()
+                     if p.requires_grad and not bool(p.detach().isfinite().all())]
+            raise self._non_finite(f"the outer step made the meta-parameters {names[:5]} "
+                                   f"non-finite (NaN or Inf)")
 
     def _accumulate(self, loss: float, metrics: dict[str, float]) -> None:
         sums = self.window["sums"]
@@ -363,26 +506,37 @@ class _Trainer:
         self._log(record)
         return record
 
-    def _validate(self, bar) -> None:
+    def _validate(self, bar, deadline: interrupts.Deadline | None = None) -> None:
         per_task = evaluate_tasks(self.algorithm, self.sampler, "val", self.config.val_tasks,
                                   self.config.eval_batch, self.config.seed)
         record: dict[str, Any] = {"iteration": self.iteration, "split": "val",
                                   "tasks": self.config.val_tasks}
+        non_finite: dict[str, int] = {}
         for name, values in per_task.items():
-            summary = summarize(values)
-            record[name], record[f"{name}_ci95"] = summary["mean"], summary["ci95"]
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:  # NaN in the validation data, or a model that diverged on some tasks
+                non_finite[name] = bad
+                record[name], record[f"{name}_ci95"] = math.nan, None
+            else:
+                summary = summarize(values)
+                record[name], record[f"{name}_ci95"] = summary["mean"], summary["ci95"]
         if self.metric not in record:
             raise KeyError(f"adapt_and_evaluate of {self.config.algorithm!r} returned "
                            f"{sorted(per_task)}, without {self.metric!r}")
         value, best = record[self.metric], self.best["value"]
-        improved = best is None or (value > best if self.higher_is_better else value < best)
+        if non_finite:
+            record["non_finite_tasks"] = non_finite
+        # A non-finite score is never the best (and a NaN would compare false against every
+        # later score, freezing best.pt).
+        improved = self.metric not in non_finite and (
+            best is None or (value > best if self.higher_is_better else value < best))
         record["best"] = improved
         record["elapsed_s"] = round(self._elapsed(), 3)
         if improved:
             self.best.update(iteration=self.iteration, value=value)
             # The whole state_dict: theta0, alpha, the rule weights, batch-norm buffers - every
             # meta-parameter, not only the ones a particular learner happens to expose.
-            self._save("best.pt")
+            self._save("best.pt", deadline)
         self._log(record)
         line = (f"[{self.iteration}/{self.config.iterations}] val {self.metric} {value:.4g} "
                 f"± {record[f'{self.metric}_ci95'] or 0:.2g}" + (" (best)" if improved else ""))
@@ -390,7 +544,49 @@ class _Trainer:
             bar.write(line)
         elif self.config.progress is None and self.dist.is_writer:  # no terminal (a log file): one line per validation
             print(line, file=sys.stderr, flush=True)
+        if non_finite:
+            _warn(bar, f"validation at iteration {self.iteration}: "
+                       f"{', '.join(f'{n} non-finite on {k} of {self.config.val_tasks} tasks' for n, k in non_finite.items())} "
+                       f"(NaN or Inf in the validation data, or a model diverging on them); "
+                       f"recorded as NaN, never chosen as best.pt")
+        elif not self.higher_is_better:
+            self._check_divergence(bar, value)
 
+    def _check_divergence(self, bar, value: float) -> None:
+        """Warn (once per kind and process) by the rule of INNER_DIVERGENCE / OUTER_DIVERGENCE."""
+        first = next((r[self.metric] for r in self.records
+                      if r.get("split") == "val" and math.isfinite(r.get(self.metric, math.nan))),
+                     None)
+        if first is not None and first > 0 and value > OUTER_DIVERGENCE * first and \
+                "outer" not in self.warned:
+            self.warned.add("outer")
+            _warn(bar, f"validation {self.metric} {value:.4g} at iteration {self.iteration} is "
+                       f"more than {OUTER_DIVERGENCE:g} times the first validation's "
+                       f"({first:.4g}): the meta-training is diverging (try a lower outer_lr)")
+        if "inner" in self.warned:
+            return
+        self.warned.add("inner")  # checked at this process's first validation only
+        try:
+            with torch.random.fork_rng(devices=[]):  # leave the run's RNG stream untouched
+                unadapted = evaluate_tasks(self.algorithm, self.sampler, "val",
+                                           self.config.val_tasks, self.config.eval_batch,
+                                           self.config.seed, steps=0)[self.metric]
+        except Exception:  # noqa: BLE001 - an algorithm without a 0-step evaluation: no check
+            return
+        before = float(unadapted.mean()) if bool(torch.isfinite(unadapted).all()) else math.nan
+        if math.isfinite(before) and before > 0 and value > INNER_DIVERGENCE * before:
+            _warn(bar, f"validation {self.metric} {value:.4g} at iteration {self.iteration} is "
+                       f"more than {INNER_DIVERGENCE:g} times the same tasks' {self.metric} "
+                       f"without adaptation ({before:.4g}): the inner loop diverges (try a lower "
+                       f"inner learning rate)")
+
+
+def _warn(bar, message: str) -> None:
+    text = f"learnedopt: warning: {message}"
+    if not bar.disable:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig) -> None:
     current = config.to_dict()

@@ -16,7 +16,11 @@ only what transfers::
                                            # of each parameter of the meta-training learner,
                                            # shaped like it, in the order packed into theta
      "max_t": int | None,                  # turtle: largest step index seen in meta-training
-     "source": {"algorithm", "iteration", "options", "learner"}}   # provenance, informative only
+     "source": {"algorithm", "iteration", "options", "learner"},   # provenance, informative only
+     "checksum": {"algorithm": "sha256", "digest": ...}}   # learnedopt.integrity: of all the rest
+
+The checksum is verified on load (a file whose content changed is refused); a file from before
+checksums loads with a note.
 
 :func:`export_rule` writes one from a checkpoint (``alpha_by_name`` when the checkpoint's learner
 spec names its parameters: a "module" learner's ``params`` list, or a built-in "mlp" / "conv4",
@@ -42,6 +46,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from learnedopt import integrity
+from learnedopt.checkpoint import check_integrity, safe_load
 from learnedopt.rules import MetaLSTMRule, TurtleRule
 
 RULE_FORMAT = "learnedopt-rule/1"
@@ -88,16 +94,13 @@ def load_rule(path_or_name: str | os.PathLike) -> dict[str, Any]:
     Loads with ``weights_only=True`` (never unpickles code) onto the CPU.
     """
     path = resolve(path_or_name)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in the unpickler
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PretrainedError(f"{str(path)!r} is not a readable learnedopt file (corrupt, truncated, "
-                              f"or not written by torch.save): {first}") from exc
+    data = safe_load(path, "cpu", PretrainedError, "file")
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt == CHECKPOINT_FORMAT:
+        check_integrity(data, str(path), PretrainedError, "checkpoint")
         return rule_from_checkpoint(data, str(path))
     if fmt == RULE_FORMAT:
+        check_integrity(data, str(path), PretrainedError, "rule file")
         return validate_rule(data, str(path))
     raise PretrainedError(f"{str(path)!r} is not a learnedopt rule file or checkpoint (format "
                           f"{fmt!r}; expected {RULE_FORMAT!r} or {CHECKPOINT_FORMAT!r})")
@@ -449,7 +452,7 @@ def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(integrity.seal(obj), buffer)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

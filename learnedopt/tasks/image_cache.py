@@ -3,7 +3,8 @@
 Data sets hand over a list of ``ImageRef`` (where the bytes live: a plain file or a member of a zip
 archive) and a cache key describing the source. ``load_or_decode`` returns the stacked uint8
 images (num_images, C, H, W), reading the cache when it exists and decoding (in a process pool
-for large sets) and writing it atomically otherwise.
+for large sets) and writing it atomically otherwise. The cache file carries a SHA-256 of its
+content (learnedopt.integrity), verified on every read: a corrupt cache is rebuilt, with a warning.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from learnedopt import integrity
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +182,11 @@ def load_or_decode(cache_file: Path | None, refs: Sequence[ImageRef], spec: Deco
     if cache_file is not None and cache_file.exists():
         try:
             blob = torch.load(cache_file, map_location="cpu", weights_only=True)
+            # torch does not check the CRCs of tensor data: the stored SHA-256 does. A cache from
+            # before checksums is rebuilt once (it is derived data; rebuilding loses nothing).
+            if integrity.verify(blob, str(cache_file), "image cache") == "absent":
+                raise integrity.IntegrityError("it has no content checksum (written by an older "
+                                               "learnedopt), so its content cannot be verified")
             images = blob["images"]
             expected = (len(refs), spec.channels, spec.size, spec.size)
             if images.dtype == torch.uint8 and tuple(images.shape) == expected and \
@@ -190,5 +198,6 @@ def load_or_decode(cache_file: Path | None, refs: Sequence[ImageRef], spec: Deco
             log.warning("cannot read cache %s (%s); rebuilding", cache_file, exc)
     images = decode_images(refs, spec, workers)
     if cache_file is not None:
-        save_atomic({"format": CACHE_FORMAT, "images": images, "metadata": metadata}, cache_file)
+        save_atomic(integrity.seal({"format": CACHE_FORMAT, "images": images, "metadata": metadata}),
+                    cache_file)
     return images, metadata
