@@ -30,6 +30,7 @@ import torch
 from learnedopt import cli, distributed
 from learnedopt.checkpoint import load_checkpoint
 from learnedopt.evaluate import evaluate_checkpoint
+from learnedopt.rundir import RunLock
 from learnedopt.train import load_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,10 +147,16 @@ def job(tmp_path_factory):
         [*TURTLE_SO, "--out", str(runs / "grow"), "--resume"],
         [*TURTLE_SO, "--iterations", "2", "--out", str(runs / "shrink")],
         [*TURTLE_SO, "--seed", "${RANK}", "--out", str(runs / "mismatch")],
+        # Stopped by the time limit: every rank must stop at the same iteration.
+        [*METALSTM_FO, "--iterations", "1000000", "--val-every", "1000000", "--checkpoint-every",
+         "1000000", "--time-limit", "4s", "--out", str(runs / "deadline")],
+        # Its directory held by another run (this test process): refused on every rank.
+        [*TURTLE_SO, "--out", str(runs / "locked")],
     ]
     # Buckets of 1000 elements: TURTLE's 5,303 meta-gradient elements on sine (with the loss and
     # metrics) go in 6 all_reduce calls.
-    ranks = launch(root / "report", commands, audit=runs, fault=["--bucket", "1000"])
+    with RunLock(runs / "locked"):
+        ranks = launch(root / "report", commands, audit=runs, fault=["--bucket", "1000"])
     for rank in ranks:
         assert rank["report"] is not None, rank["stderr"][-3000:]
     for name, argv in (("turtle", TURTLE_SO), ("metalstm", METALSTM_FO)):
@@ -209,6 +216,24 @@ def test_ranks_started_with_different_configurations_are_refused(job):
         assert ("rank 1 was started with another configuration than rank 0 (seed: 0 on rank 0, "
                 "1 on rank 1)") in rank["stderr"]
     assert not (job["runs"] / "mismatch" / "last.pt").exists()
+
+
+def test_every_rank_stops_at_the_same_iteration_on_the_time_limit(job):
+    # A rank that stopped alone would leave the other waiting in an all_reduce until the
+    # collective timeout (60 s here), and exit 1 with its error instead of 75.
+    codes = [rank["report"]["codes"][7] for rank in job["ranks"]]
+    assert codes == [75, 75], [rank["stderr"][-2000:] for rank in job["ranks"]]
+    assert "time limit 4s reached: stopped at iteration" in job["ranks"][0]["stderr"]
+    last = load_checkpoint(job["runs"] / "deadline" / "last.pt")
+    assert 0 < last["iteration"] < 1000000
+    assert f"stopped at iteration {last['iteration']} " in job["ranks"][1]["stderr"]
+
+
+def test_a_run_directory_in_use_is_refused_on_every_rank(job):
+    for rank in job["ranks"]:
+        assert rank["report"]["codes"][8] == 1
+        assert "is in use by another run (pid" in rank["stderr"], rank["stderr"][-2000:]
+    assert not (job["runs"] / "locked" / "last.pt").exists()
 
 
 def test_checkpoints_resume_under_another_world_size(job, tmp_path):
