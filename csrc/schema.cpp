@@ -4,6 +4,11 @@
 //
 // Every *_backward op returns the gradient of every tensor input, in input order. The backward ops
 // are not themselves differentiable (see autograd/autograd_support.h).
+//
+// meta_lstm_step's loss is 0-d (one loss for all n coordinates) or of shape (B,) for a meta-batch
+// of B tasks in one call: B >= 1 must divide n, and task b owns the contiguous coordinates
+// [b*n/B, (b+1)*n/B) of theta, grad, f_prev, i_prev and the rows of h and c (its (B, n/B)
+// parameters flattened row by row). The backward's loss gradient has the loss's shape.
 #include <torch/library.h>
 
 TORCH_LIBRARY(learnedopt, m) {

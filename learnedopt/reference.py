@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from learnedopt.ops._checks import check_preprocess_options
+from learnedopt.ops._checks import check_preprocess_options, check_task_loss
 
 __all__ = ["preprocess", "meta_lstm_step", "turtle_step"]
 
@@ -62,7 +62,11 @@ def _lstm_input(grad: Tensor, loss: Tensor, input_size: int, p: float, log_eps: 
     if input_size == 1:
         return grad.unsqueeze(1)
     n = grad.shape[0]
-    pre_loss = preprocess(loss.reshape(1), p, log_eps, strict).expand(n, 2)
+    losses = loss.reshape(-1)  # (B,): one per task segment of n/B coordinates
+    tasks = losses.shape[0]
+    pre_loss = preprocess(losses, p, log_eps, strict)
+    pre_loss = pre_loss.expand(n, 2) if tasks == 1 else (
+        pre_loss.unsqueeze(1).expand(tasks, n // tasks, 2).reshape(n, 2))
     pre_grad = preprocess(grad, p, log_eps, strict)
     return torch.cat([pre_loss, pre_grad], dim=1)
 
@@ -74,13 +78,16 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One step of the coordinate-wise meta-learner LSTM (SPEC §2).
 
-    Shapes: theta, grad, f_prev, i_prev (n,); loss 0-d; h, c (n, H); w_ih (4H, D) with D = 4
+    Shapes: theta, grad, f_prev, i_prev (n,); loss 0-d, or (B,) with B dividing n for B tasks in
+    one call (task b owns coordinates [b*n/B, (b+1)*n/B), its loss enters only their layer-1
+    input); h, c (n, H); w_ih (4H, D) with D = 4
     (preprocessed [loss, grad]) or D = 1 (raw gradient); w_hh (4H, H); b_ih, b_hh (4H,);
     w_f, w_i (H + 2,); b_f, b_i (1,).
     Returns (theta_new, h_new, c_new, f, i), with f and i the gate values before the sigmoid.
     p and log_eps are preprocess's, checked in either input mode as the fused op checks them.
     """
     check_preprocess_options("meta_lstm_step", p, log_eps, theta.dtype)
+    check_task_loss("meta_lstm_step", loss, theta.shape[0])
     hidden = h.shape[1]
     x = _lstm_input(grad, loss, w_ih.shape[1], p, log_eps, strict)
     gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)

@@ -87,6 +87,8 @@ class MetaLSTMRule(nn.Module):
     def forward(self, theta: Tensor, grad: Tensor, loss: Tensor, state: MetaLSTMState
                 ) -> tuple[Tensor, MetaLSTMState]:
         """theta_t from theta_{t-1}, its gradient and the loss; returns (theta_t, new state).
+        ``loss`` is 0-d, or (B,) for B tasks whose coordinates are concatenated in theta (task b
+        owns the b-th of B equal segments; see :func:`learnedopt.ops.meta_lstm_step`).
         ``state.f`` / ``state.i`` of the result are the gate values before the sigmoid."""
         theta_new, h, c, f, i = ops.meta_lstm_step(
             theta, grad, loss, state.h, state.c, state.f, state.i, self.w_ih, self.w_hh,

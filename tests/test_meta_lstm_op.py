@@ -301,7 +301,8 @@ def bad_input_cases():
         ("short f_prev", replaced(5, lambda t: t[:-1]), "f_prev"),
         ("w_hh shape", replaced(8, lambda t: t[:, :-1]), "w_hh"),
         ("w_ih with 3 columns", replaced(7, lambda t: t[:, :3]), "w_ih"),
-        ("loss not 0-d", replaced(2, lambda t: t.reshape(1)), "loss"),
+        ("loss 2-D", replaced(2, lambda t: t.reshape(1, 1)), "loss"),
+        ("per-task loss not dividing n", replaced(2, lambda t: t.expand(4).clone()), "loss"),
     ]
 
 

@@ -172,7 +172,7 @@ def test_meta_lstm_step_vmap_over_tasks_and_its_gradients():
         outs = vmap(f, in_dims=(0, 1, None))(thetas, hs, rest[3])
         w_hh_grads = vmap(grad(lambda th, h, w: f(th, h, w)[0].pow(2).sum(), argnums=2),
                           in_dims=(0, 1, None))(thetas, hs, rest[3])
-        # A batched loss is shared by the coordinates: this runs per batch element.
+        # A batch of losses folds into one call with a per-task loss (learnedopt/ops/_vmap.py).
         per_loss = vmap(lambda l: mod.meta_lstm_step(theta, grad_, l, h, c, *rest))(
             torch.stack([loss, loss * 3, loss / 7]))
         return (*outs, w_hh_grads, *per_loss)

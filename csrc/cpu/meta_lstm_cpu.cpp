@@ -1,5 +1,6 @@
 // Torch glue of meta_lstm_step and its backward on the CPU: argument checks, output allocation,
-// the per-call gate bias (which folds in the loss), dtype and SIMD dispatch.
+// the per-task gate bias (which folds in the task's loss), the loop over task segments, dtype and
+// SIMD dispatch.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -23,20 +24,21 @@ MetaLSTMKernels kernels() {
   }
 }
 
-// Holds the weights' pointers and the gate bias that MetaLSTMParams points into.
+// Holds the weights' pointers and the gate bias (which folds in one task's loss) that
+// MetaLSTMParams points into.
 template <typename S>
 struct ParamsHolder {
   std::vector<S> gate_bias;
   MetaLSTMParams<S> params;
   S loss;
 
-  ParamsHolder(const std::vector<at::Tensor>& in, const MetaLSTMShape& s, double p, double log_eps,
-               bool strict) {
+  ParamsHolder(const std::vector<at::Tensor>& in, const MetaLSTMShape& s, int64_t task, double p,
+               double log_eps, bool strict) {
     const PreprocessParams<S> pp = PreprocessParams<S>::make(p, log_eps, strict);
     const S* w_ih = in[7].data_ptr<S>();
     const S* b_ih = in[9].data_ptr<S>();
     const S* b_hh = in[10].data_ptr<S>();
-    loss = in[2].data_ptr<S>()[0];
+    loss = in[2].data_ptr<S>()[task];
     gate_bias.resize(4 * s.hidden);
     for (int r = 0; r < 4 * s.hidden; ++r) {
       gate_bias[r] = s.input_size == 4 ? meta_lstm_gate_bias<4, S>(r, w_ih, b_ih, b_hh, loss, pp)
@@ -54,18 +56,24 @@ struct ParamsHolder {
   }
 };
 
+// One kernel run per task segment (meta_lstm_glue.h), each with its task's loss.
 template <typename S>
 void run_forward(const std::vector<at::Tensor>& in, const MetaLSTMShape& s, double p, double log_eps,
                  bool strict, MetaLSTMOutputs& out) {
-  ParamsHolder<S> holder(in, s, p, log_eps, strict);
-  MetaLSTMForwardArgs<S> a{in[0].data_ptr<S>(), in[1].data_ptr<S>(), in[3].data_ptr<S>(),
-                           in[4].data_ptr<S>(), in[5].data_ptr<S>(), in[6].data_ptr<S>(),
-                           out.theta_new.data_ptr<S>(), out.h_new.data_ptr<S>(),
-                           out.c_new.data_ptr<S>(), out.f.data_ptr<S>(), out.i.data_ptr<S>(), s.n,
-                           static_cast<int>(s.input_size), holder.params};
   const MetaLSTMKernels k = kernels();
-  if constexpr (std::is_same_v<S, float>) k.forward_f32(a);
-  else k.forward_f64(a);
+  for (int64_t b = 0; b < s.tasks; ++b) {
+    ParamsHolder<S> holder(in, s, b, p, log_eps, strict);
+    const int64_t v = meta_lstm_segment_offset(s, b), st = meta_lstm_segment_state_offset(s, b);
+    MetaLSTMForwardArgs<S> a{in[0].data_ptr<S>() + v, in[1].data_ptr<S>() + v,
+                             in[3].data_ptr<S>() + st, in[4].data_ptr<S>() + st,
+                             in[5].data_ptr<S>() + v, in[6].data_ptr<S>() + v,
+                             out.theta_new.data_ptr<S>() + v, out.h_new.data_ptr<S>() + st,
+                             out.c_new.data_ptr<S>() + st, out.f.data_ptr<S>() + v,
+                             out.i.data_ptr<S>() + v, s.segment(),
+                             static_cast<int>(s.input_size), holder.params};
+    if constexpr (std::is_same_v<S, float>) k.forward_f32(a);
+    else k.forward_f64(a);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm_step(
@@ -87,23 +95,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
   return {out.theta_new, out.h_new, out.c_new, out.f, out.i};
 }
 
+// One kernel run per task segment, each writing its row of out.flat; `partials` is sized for one
+// segment and reused.
 template <typename S>
 void run_backward(const std::vector<at::Tensor>& g, const std::vector<at::Tensor>& in,
                   const MetaLSTMShape& s, double p, double log_eps, bool strict,
                   MetaLSTMBackwardOutputs& out, at::Tensor& partials) {
-  ParamsHolder<S> holder(in, s, p, log_eps, strict);
   const std::vector<at::Tensor>& d = out.per_coord;
-  MetaLSTMBackwardArgs<S> a{g[0].data_ptr<S>(), g[1].data_ptr<S>(), g[2].data_ptr<S>(),
-                            g[3].data_ptr<S>(), g[4].data_ptr<S>(),
-                            in[0].data_ptr<S>(), in[1].data_ptr<S>(), in[3].data_ptr<S>(),
-                            in[4].data_ptr<S>(), in[5].data_ptr<S>(), in[6].data_ptr<S>(),
-                            d[0].data_ptr<S>(), d[1].data_ptr<S>(), d[2].data_ptr<S>(),
-                            d[3].data_ptr<S>(), d[4].data_ptr<S>(), d[5].data_ptr<S>(),
-                            out.flat.data_ptr<S>(), partials.data_ptr<double>(), holder.loss,
-                            s.n, static_cast<int>(s.input_size), holder.params};
   const MetaLSTMKernels k = kernels();
-  if constexpr (std::is_same_v<S, float>) k.backward_f32(a);
-  else k.backward_f64(a);
+  for (int64_t b = 0; b < s.tasks; ++b) {
+    ParamsHolder<S> holder(in, s, b, p, log_eps, strict);
+    const int64_t v = meta_lstm_segment_offset(s, b), st = meta_lstm_segment_state_offset(s, b);
+    MetaLSTMBackwardArgs<S> a{g[0].data_ptr<S>() + v, g[1].data_ptr<S>() + st,
+                              g[2].data_ptr<S>() + st, g[3].data_ptr<S>() + v,
+                              g[4].data_ptr<S>() + v,
+                              in[0].data_ptr<S>() + v, in[1].data_ptr<S>() + v,
+                              in[3].data_ptr<S>() + st, in[4].data_ptr<S>() + st,
+                              in[5].data_ptr<S>() + v, in[6].data_ptr<S>() + v,
+                              d[0].data_ptr<S>() + v, d[1].data_ptr<S>() + v,
+                              d[2].data_ptr<S>() + st, d[3].data_ptr<S>() + st,
+                              d[4].data_ptr<S>() + v, d[5].data_ptr<S>() + v,
+                              out.flat[b].data_ptr<S>(), partials.data_ptr<double>(), holder.loss,
+                              s.segment(), static_cast<int>(s.input_size), holder.params};
+    if constexpr (std::is_same_v<S, float>) k.backward_f32(a);
+    else k.backward_f64(a);
+  }
 }
 
 MetaLSTMInputGrads meta_lstm_step_backward(
@@ -123,7 +139,7 @@ MetaLSTMInputGrads meta_lstm_step_backward(
   MetaLSTMBackwardOutputs out(in, s);
   const int64_t packed = s.input_size == 4 ? meta_lstm_packed_layout<4>(s.hidden).size
                                            : meta_lstm_packed_layout<1>(s.hidden).size;
-  at::Tensor partials = at::empty({num_chunks(s.n, meta_lstm_backward_chunk(s.n)) * packed},
+  at::Tensor partials = at::empty({num_chunks(s.segment(), meta_lstm_backward_chunk(s.segment())) * packed},
                                   in[0].options().dtype(at::kDouble));
   if (theta.scalar_type() == at::kFloat) {
     run_backward<float>(g, in, s, p, log_eps, strict, out, partials);

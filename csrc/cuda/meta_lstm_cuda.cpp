@@ -16,11 +16,12 @@ namespace lo {
 namespace cuda {
 namespace {
 
-// Inputs in schema order: theta, grad, loss, h, c, f_prev, i_prev, w_ih, ..., b_i.
+// Inputs in schema order: theta, grad, loss, h, c, f_prev, i_prev, w_ih, ..., b_i. The loss
+// pointer is task `task`'s (a device pointer: no host synchronisation).
 template <typename S>
 MetaLSTMDeviceWeights<S> device_weights(const std::vector<at::Tensor>& in, const MetaLSTMShape& s,
-                                        double p, double log_eps, bool strict) {
-  return {in[2].data_ptr<S>(),  in[7].data_ptr<S>(),  in[8].data_ptr<S>(),
+                                        int64_t task, double p, double log_eps, bool strict) {
+  return {in[2].data_ptr<S>() + task, in[7].data_ptr<S>(),  in[8].data_ptr<S>(),
           in[9].data_ptr<S>(),  in[10].data_ptr<S>(), in[11].data_ptr<S>(),
           in[12].data_ptr<S>(), in[13].data_ptr<S>(), in[14].data_ptr<S>(),
           static_cast<int>(s.hidden), static_cast<int>(s.input_size),
@@ -42,15 +43,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
   const std::vector<at::Tensor> in = contiguous_all(raw);
   MetaLSTMOutputs out(in);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  Status status;
+  Status status = Status::kOk;
+  // One launch per task segment (common/meta_lstm_glue.h), in stream order.
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), op, [&] {
-    const MetaLSTMCudaForwardArgs<scalar_t> a{
-        in[0].data_ptr<scalar_t>(), in[1].data_ptr<scalar_t>(), in[3].data_ptr<scalar_t>(),
-        in[4].data_ptr<scalar_t>(), in[5].data_ptr<scalar_t>(), in[6].data_ptr<scalar_t>(),
-        out.theta_new.data_ptr<scalar_t>(), out.h_new.data_ptr<scalar_t>(),
-        out.c_new.data_ptr<scalar_t>(), out.f.data_ptr<scalar_t>(), out.i.data_ptr<scalar_t>(), s.n,
-        device_weights<scalar_t>(in, s, p, log_eps, strict)};
-    status = meta_lstm_forward_cuda<scalar_t>(a, stream);
+    for (int64_t b = 0; b < s.tasks && status == Status::kOk; ++b) {
+      const int64_t v = meta_lstm_segment_offset(s, b), st = meta_lstm_segment_state_offset(s, b);
+      const MetaLSTMCudaForwardArgs<scalar_t> a{
+          in[0].data_ptr<scalar_t>() + v, in[1].data_ptr<scalar_t>() + v,
+          in[3].data_ptr<scalar_t>() + st, in[4].data_ptr<scalar_t>() + st,
+          in[5].data_ptr<scalar_t>() + v, in[6].data_ptr<scalar_t>() + v,
+          out.theta_new.data_ptr<scalar_t>() + v, out.h_new.data_ptr<scalar_t>() + st,
+          out.c_new.data_ptr<scalar_t>() + st, out.f.data_ptr<scalar_t>() + v,
+          out.i.data_ptr<scalar_t>() + v, s.segment(),
+          device_weights<scalar_t>(in, s, b, p, log_eps, strict)};
+      status = meta_lstm_forward_cuda<scalar_t>(a, stream);
+    }
   });
   check_status(status, op);
   return {out.theta_new, out.h_new, out.c_new, out.f, out.i};
@@ -74,23 +81,30 @@ MetaLSTMInputGrads meta_lstm_step_backward_cuda(
   const std::vector<at::Tensor> in = contiguous_all(raw), g = contiguous_all(raw_g);
   MetaLSTMBackwardOutputs out(in, s);
   const std::vector<at::Tensor>& d = out.per_coord;
+  // Sized for one segment: the launches of successive segments are stream-ordered and reuse it.
   at::Tensor scratch = at::empty(
-      {meta_lstm_backward_scratch_size(s.n, static_cast<int>(s.hidden), static_cast<int>(s.input_size),
-                                       theta.element_size())},
+      {meta_lstm_backward_scratch_size(s.segment(), static_cast<int>(s.hidden),
+                                       static_cast<int>(s.input_size), theta.element_size())},
       in[0].options().dtype(at::kDouble));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  Status status;
+  Status status = Status::kOk;
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), op, [&] {
-    const MetaLSTMCudaBackwardArgs<scalar_t> a{
-        g[0].data_ptr<scalar_t>(), g[1].data_ptr<scalar_t>(), g[2].data_ptr<scalar_t>(),
-        g[3].data_ptr<scalar_t>(), g[4].data_ptr<scalar_t>(),
-        in[0].data_ptr<scalar_t>(), in[1].data_ptr<scalar_t>(), in[3].data_ptr<scalar_t>(),
-        in[4].data_ptr<scalar_t>(), in[5].data_ptr<scalar_t>(), in[6].data_ptr<scalar_t>(),
-        d[0].data_ptr<scalar_t>(), d[1].data_ptr<scalar_t>(), d[2].data_ptr<scalar_t>(),
-        d[3].data_ptr<scalar_t>(), d[4].data_ptr<scalar_t>(), d[5].data_ptr<scalar_t>(),
-        out.flat.data_ptr<scalar_t>(), scratch.data_ptr<double>(), s.n,
-        device_weights<scalar_t>(in, s, p, log_eps, strict)};
-    status = meta_lstm_backward_cuda<scalar_t>(a, stream);
+    for (int64_t b = 0; b < s.tasks && status == Status::kOk; ++b) {
+      const int64_t v = meta_lstm_segment_offset(s, b), st = meta_lstm_segment_state_offset(s, b);
+      const MetaLSTMCudaBackwardArgs<scalar_t> a{
+          g[0].data_ptr<scalar_t>() + v, g[1].data_ptr<scalar_t>() + st,
+          g[2].data_ptr<scalar_t>() + st, g[3].data_ptr<scalar_t>() + v,
+          g[4].data_ptr<scalar_t>() + v,
+          in[0].data_ptr<scalar_t>() + v, in[1].data_ptr<scalar_t>() + v,
+          in[3].data_ptr<scalar_t>() + st, in[4].data_ptr<scalar_t>() + st,
+          in[5].data_ptr<scalar_t>() + v, in[6].data_ptr<scalar_t>() + v,
+          d[0].data_ptr<scalar_t>() + v, d[1].data_ptr<scalar_t>() + v,
+          d[2].data_ptr<scalar_t>() + st, d[3].data_ptr<scalar_t>() + st,
+          d[4].data_ptr<scalar_t>() + v, d[5].data_ptr<scalar_t>() + v,
+          out.flat[b].data_ptr<scalar_t>(), scratch.data_ptr<double>(), s.segment(),
+          device_weights<scalar_t>(in, s, b, p, log_eps, strict)};
+      status = meta_lstm_backward_cuda<scalar_t>(a, stream);
+    }
   });
   check_status(status, op);
   return assemble_meta_lstm_input_grads(out.per_coord, out.flat, s);

@@ -51,16 +51,14 @@ class MetaLSTM(EpisodicAlgorithm):
         return grad / num_examples if self._options["divide_grad_by_batch"] else grad
 
     def _init_state(self, theta):
-        return [self.rule.init_state(row) for row in theta]
+        # One state for the whole meta-batch: the (B, n) parameters flattened row by row, so that
+        # task b's rows of h and c are [b*n, (b+1)*n), as meta_lstm_step's per-task loss expects.
+        return self.rule.init_state(theta.reshape(-1))
 
     def _step(self, theta, grad, loss, state, t, steps):
-        # One call per task: the layer-1 input includes the task's own loss, a scalar per call.
-        rows, states = [], []
-        for b in range(theta.shape[0]):
-            row, task_state = self.rule(theta[b], grad[b], loss[b], state[b])
-            rows.append(row)
-            states.append(task_state)
-        return torch.stack(rows), states
+        # One op call for the meta-batch: loss (B,) gives each task's coordinates its own loss.
+        theta_new, state = self.rule(theta.reshape(-1), grad.reshape(-1), loss, state)
+        return theta_new.view(theta.shape), state
 
     def gate_trace(self, batch: TaskBatch, steps: int | None = None, coordinates: int = 20,
                    seed: int = 0) -> dict[str, Tensor]:
@@ -77,10 +75,10 @@ class MetaLSTM(EpisodicAlgorithm):
         index = torch.randperm(n, generator=generator)[:min(coordinates, n)].to(self.theta0.device)
         trace = {"input_gate": [], "forget_gate": [], "input_gate_mean": [], "forget_gate_mean": []}
 
-        def observe(t, states):
+        def observe(t, state):
             for gate in ("input_gate", "forget_gate"):
-                value = torch.sigmoid(torch.stack([s.i if gate == "input_gate" else s.f
-                                                   for s in states]).detach())
+                value = torch.sigmoid((state.i if gate == "input_gate" else state.f).detach()
+                                      ).view(batch.num_tasks, n)
                 trace[gate].append(value[:, index])
                 trace[gate + "_mean"].append(value.mean(dim=1))
 

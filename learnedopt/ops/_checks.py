@@ -58,6 +58,26 @@ def check_vector(op: str, name: str, t: object, like: Tensor | None = None) -> T
     return t
 
 
+def check_task_loss(op: str, loss: Tensor, n: int) -> int:
+    """meta_lstm_step's loss: 0-d (one loss for all n coordinates) or (B,) with B >= 1 dividing n,
+    task b owning coordinates [b*n/B, (b+1)*n/B). Returns B (1 for a 0-d loss)."""
+    if loss.dim() == 0:
+        return 1
+    if loss.dim() != 1:
+        raise ValueError(f"learnedopt.ops.{op}: loss must be 0-d (one loss for all coordinates) or "
+                         f"of shape (B,) (one loss per task), got shape {tuple(loss.shape)}")
+    tasks = loss.shape[0]
+    if tasks == 0:
+        raise ValueError(f"learnedopt.ops.{op}: a per-task loss needs at least one task, got shape "
+                         f"{tuple(loss.shape)}")
+    if n % tasks != 0:
+        raise ValueError(
+            f"learnedopt.ops.{op}: loss has shape {tuple(loss.shape)} (B = {tasks} tasks) but "
+            f"n = {n} coordinates do not split into {tasks} equal segments (task b owns "
+            f"coordinates [b*n/B, (b+1)*n/B))")
+    return tasks
+
+
 def preprocess_p_range(dtype: torch.dtype) -> tuple[float, float]:
     """[p_min, p_max] for inputs of ``dtype``: p_max = -ln(smallest normal number), so that e^p and
     e^-p are both normal (87.34 for float32, 708.40 for float64); p_min = 2·ln(max)/max, so that

@@ -2,9 +2,11 @@
 
 The forward ops are coordinate-wise with weights shared by every coordinate, so a batch of
 per-coordinate inputs under shared weights is just more coordinates: the batch is folded into n and
-the kernel runs once. When something shared by the coordinates is itself batched (the weights, or
-meta_lstm_step's loss), and for the backward ops, whose weight gradients are sums over the
-coordinates that each batch element must get separately, the op runs once per batch element.
+the op runs once. meta_lstm_step's loss folds too, since the op takes one loss per task segment: a
+batch of 0-d losses becomes a (batch,) loss, a batch of (B,) losses a (batch·B,) one, each segment
+keeping its coordinates. When the weights are batched, and for the backward ops, whose weight
+gradients are sums over the coordinates that each batch element must get separately, the op runs
+once per batch element.
 """
 
 from __future__ import annotations
@@ -66,7 +68,19 @@ def register() -> None:
 
     @torch.library.register_vmap("learnedopt::meta_lstm_step")
     def _(info, in_dims, *args):
-        # theta, grad (n); h, c (n, H); f_prev, i_prev (n): the loss and weights are shared.
+        # theta, grad (n); h, c (n, H); f_prev, i_prev (n): per coordinate. The loss is per task
+        # segment: a shared 0-d loss stays shared; otherwise it is folded with the coordinates (a
+        # shared (B,) loss must be repeated, since the folded n holds batch·B segments).
+        loss, loss_dim = args[2], in_dims[2]
+        if loss_dim is None and loss.dim() == 0:
+            return _fold(lib.meta_lstm_step, info, in_dims, args, per_coordinate=(0, 1, 3, 4, 5, 6),
+                         coordinate_dims=(0, 0, 1, 1, 0, 0))
+        if any(d is not None for d in in_dims[7:15]):
+            return _per_element(lib.meta_lstm_step, info, in_dims, args)
+        args = list(args)
+        args[2] = _to_front(loss, loss_dim, info.batch_size).reshape(-1)
+        in_dims = list(in_dims)
+        in_dims[2] = None
         return _fold(lib.meta_lstm_step, info, in_dims, args, per_coordinate=(0, 1, 3, 4, 5, 6),
                      coordinate_dims=(0, 0, 1, 1, 0, 0))
 

@@ -29,7 +29,8 @@ def _check(theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f,
                          f"(1..{MAX_HIDDEN}; {FAST_HIDDEN_SIZES} have specialised kernels)")
     for name, t in (("grad", grad), ("f_prev", f_prev), ("i_prev", i_prev)):
         _checks.check_tensor(op, name, t, theta, shape=(n,))
-    _checks.check_tensor(op, "loss", loss, theta, shape=())
+    _checks.check_tensor(op, "loss", loss, theta)
+    _checks.check_task_loss(op, loss, n)
     _checks.check_tensor(op, "c", c, theta, shape=(n, hidden))
     _checks.check_tensor(op, "w_ih", w_ih, theta)
     if w_ih.dim() != 2 or w_ih.shape[0] != 4 * hidden or w_ih.shape[1] not in (1, 4):
@@ -58,6 +59,14 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
     Returns (theta_new, h_new, c_new, f, i); see :func:`learnedopt.reference.meta_lstm_step`
     for the shapes and the math. The input mode follows ``w_ih.shape[1]``: 4 for Ravi's
     preprocessed [loss, grad], 1 for the raw gradient (the enhanced LSTM; ``loss`` is then unused).
+
+    ``loss`` is 0-d (one loss for all n coordinates) or, for a meta-batch of B tasks in one call,
+    of shape (B,): B >= 1 must divide n, and task b owns the contiguous coordinates
+    [b*n/B, (b+1)*n/B) of theta, grad, f_prev, i_prev and the same rows of h and c — a (B, n/B)
+    parameter matrix flattened row by row. The result is that of B calls on the segments, each with
+    its own loss; the weights' gradients are summed over the tasks and the loss gradient has shape
+    (B,). Inside the one call the kernel still runs once per task segment; what the batching saves
+    is the per-call host work (checks, dispatch, autograd nodes, stacking) of B calls.
     ``p`` and ``log_eps`` are those of :func:`learnedopt.ops.preprocess`, with its valid range
     (checked in both modes); out-of-range options, wrong shapes, dtypes or devices raise here, in
     the fake kernel and at ``torch.ops.learnedopt.meta_lstm_step`` alike.
