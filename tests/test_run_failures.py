@@ -171,15 +171,44 @@ def test_unusable_out_gives_a_clear_error(tmp_path):
     assert (run / "last.pt").is_file()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_read_only_run_directory_is_refused_and_untouched(tmp_path):
+def _refuse_writes_under(monkeypatch, directory: Path) -> None:
+    """What a read-only directory does to a process, for root (CI runs as root, and root writes
+    into a chmod 0555 directory): every open for writing and every file creation under
+    ``directory`` fails with EACCES."""
+    import builtins
+    import errno
+    real_os_open, real_open = os.open, builtins.open
+    inside = lambda path: str(Path(os.fsdecode(path)).absolute()).startswith(str(directory))
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def denied(path):
+        return PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & write_flags and inside(path):
+            raise denied(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and set(mode) & set("wax+") and inside(file):
+            raise denied(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", open_)
+
+
+def test_read_only_run_directory_is_refused_and_untouched(tmp_path, monkeypatch):
     run = train(config(tmp_path / "run", iterations=4))
     before = snapshot(run)
     run.chmod(0o555)
+    if os.geteuid() == 0:  # root ignores the mode: refuse its writes as the kernel would a user's
+        _refuse_writes_under(monkeypatch, run)
     try:
         with pytest.raises(OSError, match="run directory"):
             train(config(run, iterations=8), resume=True)
     finally:
+        monkeypatch.undo()
         run.chmod(0o755)
     assert snapshot(run) == before
 
