@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validate every N iterations; best.pt keeps the best (default: 500)")
     run.add_argument("--val-tasks", type=_positive_int, default=100,
                      help="fixed validation tasks (default: 100)")
+    run.add_argument("--val-batch", type=_positive_int, default=25,
+                     help="validation tasks adapted at once (default: 25); lower it to bound the "
+                          "memory of a large learner (the tasks are the same for any value)")
     run.add_argument("--log-every", type=_positive_int, default=50,
                      help="average training metrics over N iterations per log line (default: 50)")
     run.add_argument("--checkpoint-every", type=_positive_int,
@@ -399,7 +402,7 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(algorithm=args.algorithm, task=_task_spec(args), out=str(args.out),
                        options=options, learner=_learner_spec(args),
                        iterations=args.iterations, val_every=args.val_every,
-                       val_tasks=args.val_tasks, log_every=args.log_every,
+                       val_tasks=args.val_tasks, eval_batch=args.val_batch, log_every=args.log_every,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                        backend=args.backend, progress=False if args.no_progress else None)
 

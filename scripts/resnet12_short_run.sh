@@ -18,12 +18,16 @@ iterations=${ITERATIONS:-20}
 python3 scripts/omniglot_image_folder.py --omniglot "$omniglot" --out "$runs/folder"
 mkdir -p "$out"
 for algorithm in "${algorithms[@]}"; do
+  # The enhanced LSTM keeps an LSTM state (h, c) per coordinate and task: 25 ResNet-12 tasks
+  # adapted at once need more than 24 GiB (the process was killed for memory here), so it
+  # validates and meta-tests 2 tasks at a time. The tasks are the same for any batch.
+  batch=25; [ "$algorithm" = enhanced-lstm ] && batch=2
   python3 -m learnedopt train --algorithm "$algorithm" --model learnedopt.backbones:resnet12 \
     --head head --task images --data-root "$runs/folder" --cache-dir "$runs/.cache" --ways 5 \
     --shots 1 --queries 5 --image-size 84 --inner-steps 1 --test-inner-steps 1 --meta-batch 2 \
-    --iterations "$iterations" --val-every 10 --val-tasks 10 --seed 0 --no-progress \
+    --iterations "$iterations" --val-every 10 --val-tasks 10 --val-batch "$batch" --seed 0 --no-progress \
     --out "$runs/$algorithm" --resume
-  python3 -m learnedopt eval --checkpoint "$runs/$algorithm/best.pt" --tasks ${TEST_TASKS:-50} \
+  python3 -m learnedopt eval --checkpoint "$runs/$algorithm/best.pt" --tasks ${TEST_TASKS:-50} --batch "$batch" \
     --out "$out/$algorithm.json"
 done
 python3 scripts/results_table.py "$out" --name resnet12 --readme README.md

@@ -203,3 +203,28 @@ def test_real_maml_through_subprocess(tmp_path):
     assert math.isfinite(record["mean"]) and record["ci95"] > 0
     checkpoint = load_checkpoint(run / "best.pt")
     assert {"theta0"} <= set(checkpoint["state_dict"])
+
+
+def test_val_batch_bounds_the_tasks_adapted_at_once(tmp_path, tiny_registry, monkeypatch):
+    # --val-batch: how many validation tasks one adapt_and_evaluate call holds (a large learner's
+    # memory); recorded in config.json, and the validation score is that of the same tasks.
+    import learnedopt.train as train_module
+    sizes = []
+    real = train_module.evaluate_tasks
+
+    def spy(algorithm, sampler, split, num_tasks, batch_size, *args, **kwargs):
+        sizes.append(batch_size)
+        return real(algorithm, sampler, split, num_tasks, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_tasks", spy)
+    scores = {}
+    for batch in (3, 25):
+        run = tmp_path / f"run{batch}"
+        assert main(["train", "--algorithm", "tiny", "--task", "sine", "--shots", "5",
+                     "--iterations", "2", "--val-every", "2", "--val-tasks", "10",
+                     "--val-batch", str(batch), "--out", str(run), "--no-progress"]) == 0
+        assert json.loads((run / "config.json").read_text())["eval_batch"] == batch
+        from learnedopt.train import load_metrics
+        scores[batch] = [r for r in load_metrics(run) if r["split"] == "val"][0]
+    assert 3 in sizes and 25 in sizes
+    assert scores[3]["loss"] == pytest.approx(scores[25]["loss"], rel=1e-5)
