@@ -8,6 +8,7 @@ sum is the peak (tensors only, exact, at the price of the profiler's overhead on
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import torch
@@ -63,3 +64,22 @@ def available_bytes(device: torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+# ---- leak probes (scripts/optimizer_memory.py, scripts/meta_training_memory.py) -----------------
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux: VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (this measurement needs Linux)")
+
+
+def python_counts() -> tuple[int, int]:
+    """(objects the garbage collector tracks, live tensors among them), after a full collection."""
+    gc.collect()
+    objects = gc.get_objects()
+    # type(), not isinstance(): isinstance reads __class__, which some of torch's deprecated
+    # module proxies answer with a warning.
+    return len(objects), sum(1 for o in objects if issubclass(type(o), torch.Tensor))

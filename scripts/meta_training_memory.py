@@ -23,7 +23,6 @@ metrics_records_growth.)
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import run_header  # noqa: E402
+from bench.memory import python_counts, rss_bytes  # noqa: E402
 from bench.results import write_json  # noqa: E402
 from learnedopt import train as train_module  # noqa: E402
 from learnedopt.train import TrainConfig, train  # noqa: E402
@@ -44,20 +44,6 @@ from learnedopt.train import TrainConfig, train  # noqa: E402
 # flat run); a leak of one object per iteration would show as thousands.
 OBJECT_NOISE = 2
 RULES = {"metalstm-fo": ("metalstm", True), "turtle-so": ("turtle", False)}
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def counts() -> tuple[int, int]:
-    gc.collect()
-    objects = gc.get_objects()
-    return len(objects), sum(1 for o in objects if isinstance(o, torch.Tensor))
 
 
 def measure(name: str, inner_steps_total: int, inner_steps: int, meta_batch: int, log_every: int,
@@ -69,7 +55,7 @@ def measure(name: str, inner_steps_total: int, inner_steps: int, meta_batch: int
 
     def sampled_flush(self):  # the script's probe: one sample per log record
         record = real_flush(self)
-        objects, tensors = counts()
+        objects, tensors = python_counts()
         samples.append({"iteration": self.iteration, "rss_bytes": rss_bytes(),
                         "python_objects": objects, "tensors": tensors,
                         "metrics_records": len(self.records)})

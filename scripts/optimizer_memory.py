@@ -29,7 +29,6 @@ already freed much memory the allocator reuses those pages and RSS need not grow
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -44,6 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import run_header  # noqa: E402
+from bench.memory import python_counts, rss_bytes  # noqa: E402
 from bench.results import write_json  # noqa: E402
 from learnedopt.optim import LSTMOptimizer, MetaSGD, TurtleOptimizer  # noqa: E402
 
@@ -63,23 +63,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x)) / self.temperature
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux: VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (this measurement needs Linux)")
-
-
-def python_counts() -> tuple[int, int]:
-    """(objects the garbage collector tracks, live tensors among them), after a full collection."""
-    gc.collect()
-    objects = gc.get_objects()
-    # type(), not isinstance(): isinstance reads __class__, which some of torch's deprecated
-    # module proxies answer with a warning.
-    return len(objects), sum(1 for o in objects if issubclass(type(o), torch.Tensor))
 
 
 def measure(cls: type, steps: int, warmup: int, sample_every: int,
