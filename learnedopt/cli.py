@@ -77,7 +77,7 @@ examples:
   learnedopt plot curves runs/maml-sine runs/turtle-sine --out curves.png
   learnedopt plot gates --checkpoint runs/lstm-20w1s/best.pt --out gates.png
   learnedopt plot sine-fit --checkpoint runs/maml-sine/best.pt --out fit.png
-  learnedopt plot ways results/maml-*.json results/lstm-*.json --out ways.png
+  learnedopt plot ways results/stress-test/cpu --out ways.png   # a folder: all its JSONs
   learnedopt plot returns results/navigation2d/*.json --out returns.png
   learnedopt plot trajectories --checkpoint runs/nav/maml/best.pt \
       --checkpoint runs/nav/metasgd/best.pt --out trajectories.png
@@ -369,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed of the test goals (default: 0)")
     q.add_argument("--out", required=True, help="PNG file to write")
     q = kinds.add_parser("ways", help="accuracy against number of ways from result JSONs")
-    q.add_argument("results", nargs="+", help="result files written by 'learnedopt eval --out'")
+    q.add_argument("results", nargs="+",
+                   help="result files written by 'learnedopt eval --out', directories of them "
+                        "(searched recursively) or quoted glob patterns ('results/**/*.json')")
     q.add_argument("--out", required=True, help="PNG file to write")
 
     # ---- protocol ----
@@ -494,11 +496,13 @@ def _learner_spec(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from learnedopt.checkpoint import load_checkpoint
+    from learnedopt.evaluate import format_value
     from learnedopt.train import train
     run_dir = train(_train_config(args), resume=args.resume)
     best = load_checkpoint(run_dir / "best.pt")["best"]
     chosen = ("" if best["iteration"] is None else
-              f", validation {best['metric']} {best['value']:.4g} at iteration {best['iteration']}")
+              f", validation {best['metric']} {format_value(best['metric'], best['value'])} at "
+              f"iteration {best['iteration']}")
     print(f"run written to {run_dir}; best model: {run_dir / 'best.pt'}{chosen}")
     return 0
 

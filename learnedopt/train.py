@@ -32,7 +32,7 @@ import torch
 import learnedopt
 from learnedopt import experiment, ops
 from learnedopt.checkpoint import FORMAT, atomic_write_bytes, load_checkpoint, save_checkpoint
-from learnedopt.evaluate import evaluate_tasks, summarize
+from learnedopt.evaluate import evaluate_tasks, format_value, summarize
 
 
 @dataclasses.dataclass
@@ -344,8 +344,9 @@ class _Trainer:
             # meta-parameter, not only the ones a particular learner happens to expose.
             save_checkpoint(self.run_dir / "best.pt", self._checkpoint())
         self._log(record)
-        line = (f"[{self.iteration}/{self.config.iterations}] val {self.metric} {value:.4g} "
-                f"± {record[f'{self.metric}_ci95'] or 0:.2g}" + (" (best)" if improved else ""))
+        line = (f"[{self.iteration}/{self.config.iterations}] val {self.metric} "
+                f"{format_value(self.metric, value, record[f'{self.metric}_ci95'])}"
+                + (" (best)" if improved else ""))
         if not bar.disable:
             bar.write(line)
         elif self.config.progress is None:  # no terminal (a log file): one line per validation
