@@ -187,3 +187,19 @@ def test_plot_ways_draws_one_line_per_algorithm_with_ticks_at_the_ways(tmp_path,
 ])
 def test_one_metric_format(metric, mean, ci, text):
     assert format_value(metric, mean, ci) == text
+
+
+@pytest.mark.parametrize("script", ["reproduce_stress_test.sh", "reproduce_omniglot20.sh"])
+def test_reproduce_scripts_state_their_budgets_and_refuse_bad_ones(script, tmp_path):
+    import subprocess
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / script
+    shown = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0
+    assert "--budget cpu    reduced: 200 meta-iterations, validation on 50 tasks every" in shown.stdout
+    bad = subprocess.run(["bash", str(path), "--budget", "gpu"], capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode == 2 and "unknown budget 'gpu'" in bad.stderr
+    missing = subprocess.run(["bash", str(path), "--budget", "cpu", "--data-root",
+                              str(tmp_path / "nope")], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr

@@ -6,7 +6,7 @@
 # Budgets. paper: the protocol's own run settings (20,000 meta-iterations, validation on 300 tasks
 # every 250) and 300 meta-test tasks. cpu: a stated reduced budget that fits a few CPU-hours;
 # only the number of meta-iterations and of validation tasks shrink, the rest is the protocol.
-CPU_ITERATIONS=${CPU_ITERATIONS:-300}
+CPU_ITERATIONS=${CPU_ITERATIONS:-200}
 CPU_VAL_EVERY=${CPU_VAL_EVERY:-100}
 CPU_VAL_TASKS=${CPU_VAL_TASKS:-50}
 TEST_TASKS=300
