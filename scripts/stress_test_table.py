@@ -1,7 +1,9 @@
 """Renders the Omniglot protocol results beside the MetaLSTM++ stress test's published numbers:
 Table 1 (20-way 1-/5-shot) from results/omniglot20/BUDGET/ and accuracy against ways from
 results/stress-test/BUDGET/, written between the README markers
-``<!-- results:omniglot20-BUDGET:start/end -->`` and ``<!-- results:stress-test-BUDGET:start/end -->``.
+``<!-- results:omniglot20-BUDGET:start/end -->`` and ``<!-- results:stress-test-BUDGET:start/end -->``;
+and the cost of the full protocol from results/stress-test/protocol_cost.json
+(``bench/protocol_cost.py``) between ``<!-- results:protocol-cost:start/end -->``.
 
     python scripts/stress_test_table.py --budget cpu --readme README.md
 
@@ -72,6 +74,40 @@ def ways_table(results: dict) -> str:
     return "\n".join(lines) + f"\n\n{budget_line(results)}."
 
 
+def cost_table(path: Path) -> str:
+    """Measured seconds per meta-iteration (CPU time) and the full-protocol hours per algorithm."""
+    import json
+    if not path.is_file():
+        return f"not measured yet ({path} is missing)"
+    record = json.loads(path.read_text())
+    cases, estimate = record["cases"], record["estimate"]
+    measured = sorted({c["ways"] for c in cases})
+    runs = {(r["algorithm"], r["ways"]): r for r in estimate["runs"]}
+    lines = ["| algorithm | " + " | ".join(f"s / iteration, {w}-way" for w in measured)
+             + " | full run, 20-way | full run, 200-way (extrap.) | GPU estimate, 200-way |",
+             "|---|" + "---|" * (len(measured) + 3)]
+    for a in ALGORITHMS:
+        per = {c["ways"]: c for c in cases if c["algorithm"] == a}
+        if not per:
+            continue
+        r20, r200 = runs.get((a, 20)), runs.get((a, 200))
+        gpu = r200.get("gpu_hours_estimate") if r200 else None
+        lines.append(f"| {a} | " + " | ".join(
+            f"{per[w]['iteration_cpu_s']:.2f}" if w in per else "—" for w in measured)
+            + f" | {r20['cpu_hours']:.1f} CPU-h | {r200['cpu_hours']:.0f} CPU-h | "
+            + (f"{gpu[0]:.1f} – {gpu[1]:.1f} GPU-h" if gpu else "—") + " |")
+    totals = estimate["totals_stress_test"]
+    gpu = totals.get("gpu_hours_estimate")
+    lines += ["", f"The whole stress test ({totals['runs']} runs: 5 algorithms × 8 ways, 1-shot): "
+              f"**about {totals['cpu_hours']:.0f} CPU-hours** on one thread of this machine "
+              f"(about {totals['cpu_hours'] / 24:.0f} days), and by estimate **{gpu[0]:.0f} – "
+              f"{gpu[1]:.0f} GPU-hours** — an estimate, not a measurement (no GPU was available): "
+              f"{record['gpu_model']}, from the operations and FLOPs counted per iteration. "
+              f"Table 1's 5-shot column adds 5 runs of about the cost of 100-way 1-shot (5× the "
+              f"images per task of 20-way 1-shot)." if gpu else ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, help="README to update in place")
     args = parser.parse_args(argv)
     sections = {f"omniglot20-{args.budget}": table1(load_folder(args.results / "omniglot20" / args.budget)),
-                f"stress-test-{args.budget}": ways_table(load_folder(args.results / "stress-test" / args.budget))}
+                f"stress-test-{args.budget}": ways_table(load_folder(args.results / "stress-test" / args.budget)),
+                "protocol-cost": cost_table(args.results / "stress-test" / "protocol_cost.json")}
     status = 0
     for name, text in sections.items():
         print(f"{name}:\n{text}\n")
