@@ -1,4 +1,4 @@
-"""The ``learnedopt`` command: train, eval, plot, export-rule, info and a one-command demo.
+"""The ``learnedopt`` command: train, eval, plot, protocol, export-rule, info and a one-command demo.
 
 Each subcommand is a thin layer over the library: ``train`` builds a
 :class:`learnedopt.train.TrainConfig`, ``eval`` calls
@@ -28,6 +28,9 @@ step by step:
   learnedopt eval --checkpoint runs/maml-sine/best.pt --tasks 2000 --out runs/maml-sine/test.json
   learnedopt plot curves runs/maml-sine --out runs/maml-sine/curves.png
   learnedopt plot sine-fit --checkpoint runs/maml-sine/best.pt --out runs/maml-sine/fit.png
+
+the seed papers' Omniglot experiments as option sets (train --protocol NAME):
+  learnedopt protocol list
 
 run 'learnedopt COMMAND --help' for the options of a command.
 """
