@@ -203,3 +203,29 @@ def test_reproduce_scripts_state_their_budgets_and_refuse_bad_ones(script, tmp_p
     missing = subprocess.run(["bash", str(path), "--budget", "cpu", "--data-root",
                               str(tmp_path / "nope")], capture_output=True, text=True, timeout=30)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
+
+
+def test_stress_test_table_puts_results_beside_the_papers_numbers(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "stress_test_table.py"
+    spec = importlib.util.spec_from_file_location("stress_test_table", script)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    for name, ways, accuracy in (("maml-20w1s", 20, 0.5615), ("maml-50w1s", 50, 0.31)):
+        path = _result(tmp_path, f"results/stress-test/cpu/{name}.json", "maml", ways, accuracy)
+        record = json.loads(path.read_text())
+        record["protocol"].update(tasks=300, iterations=200, run_iterations=200)
+        path.write_text(json.dumps(record))
+    (tmp_path / "results" / "omniglot20" / "cpu").mkdir(parents=True)
+    (tmp_path / "results" / "omniglot20" / "cpu" / "maml-20w1s.json").write_text(
+        (tmp_path / "results" / "stress-test" / "cpu" / "maml-20w1s.json").read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- results:{n}:start -->\nold\n<!-- results:{n}:end -->\n"
+                              for n in ("omniglot20-cpu", "stress-test-cpu", "protocol-cost")))
+    assert table.main(["--results", str(tmp_path / "results"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| maml | 91.93 ± 0.72 | 97.65 ± 0.20 | 56.1 ± 2.0 | not run | 200 / — |" in text
+    assert "| maml | 56.1 ± 2.0 | 31.0 ± 2.0 |" in text and "| metalstm | not run | not run |" in text
+    assert "meta-iterations per run: 200; meta-test tasks: 300" in text
+    assert "not measured yet" in text and "old" not in text
