@@ -1,4 +1,4 @@
-"""The ``learnedopt`` command: train, eval, plot, export-rule, info and a one-command demo.
+"""The ``learnedopt`` command: train, eval, plot, protocol, export-rule, info and a one-command demo.
 
 Each subcommand is a thin layer over the library: ``train`` builds a
 :class:`learnedopt.train.TrainConfig`, ``eval`` calls
@@ -31,6 +31,9 @@ step by step:
   learnedopt plot curves runs/maml-sine --out runs/maml-sine/curves.png
   learnedopt plot sine-fit --checkpoint runs/maml-sine/best.pt --out runs/maml-sine/fit.png
 
+the seed papers' Omniglot experiments as option sets (train --protocol NAME):
+  learnedopt protocol list
+
 run 'learnedopt COMMAND --help' for the options of a command.
 """
 
@@ -49,6 +52,13 @@ examples:
   # your own model and tasks, by import path (recorded, so eval and --resume rebuild them)
   learnedopt train --algorithm turtle --model mypkg.nets:resnet12 --model-opt ways=5 \
       --tasks mypkg.data:tasks --tasks-opt root=data/mini --head fc --out runs/resnet-turtle
+  # a seed paper's experiment by name: the stress test's 50-way 1-shot MetaLSTM++ (the protocol
+  # fills in split, queries, options and run settings; flags given override it)
+  learnedopt train --protocol stress-test --algorithm metalstm++ --ways 50 \
+      --data-root data/omniglot --out runs/stress-test/metalstm++-50w
+  # Lake et al.'s within-alphabet task, without rotations, validated on held-out alphabets
+  learnedopt train --algorithm maml --task omniglot --data-root data/omniglot --split lake \
+      --within-alphabet --no-rotations --ways 20 --shots 1 --out runs/lake-maml
   # continue an interrupted run from its recorded config (optionally with a larger --iterations)
   learnedopt train --resume runs/maml-sine --iterations 40000
   # the older form, every original flag given again
@@ -81,7 +91,7 @@ examples:
   learnedopt plot curves runs/maml-sine runs/turtle-sine --out curves.png
   learnedopt plot gates --checkpoint runs/lstm-20w1s/best.pt --out gates.png
   learnedopt plot sine-fit --checkpoint runs/maml-sine/best.pt --out fit.png
-  learnedopt plot ways results/maml-*.json results/lstm-*.json --out ways.png
+  learnedopt plot ways results/stress-test/cpu --out ways.png   # a folder: all its JSONs
   learnedopt plot returns results/navigation2d/*.json --out returns.png
   learnedopt plot trajectories --checkpoint runs/nav/maml/best.pt \
       --checkpoint runs/nav/metasgd/best.pt --out trajectories.png
@@ -92,6 +102,9 @@ Needs matplotlib (pip install matplotlib).
 # Meta-SGD learns sine in few iterations (val MSE ~0.4 after 3,000 meta-batches of 10 tasks,
 # about 100 s on one CPU core); MAML needs tens of thousands for the same.
 DEMO_ALGORITHM, DEMO_ITERATIONS, DEMO_META_BATCH = "metasgd", 3000, 10
+
+# train's run settings when neither a flag nor a --protocol gives them.
+RUN_DEFAULTS = {"iterations": 20000, "val_every": 500, "val_tasks": 100}
 
 # The common algorithm flags and the option each sets (see each algorithm's option_defaults).
 OPTION_FLAGS = {"inner_steps": "inner_steps", "test_inner_steps": "test_inner_steps",
@@ -140,6 +153,26 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def _alphabet_list(text: str) -> list[str]:
+    """'A,B,C' -> ['A', 'B', 'C']; 'none' -> [] (no validation alphabets)."""
+    if text.strip().lower() == "none":
+        return []
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated alphabet names or 'none', "
+                                         f"got {text!r}")
+    return names
+
+
+# The Omniglot-only task flags: (flag, attribute), refused for the other tasks.
+OMNIGLOT_FLAGS = (("--within-alphabet", "within_alphabet"), ("--rotations/--no-rotations",
+                  "rotations"), ("--val-alphabets", "val_alphabets"))
+
+
+def _omniglot_flags_given(args: argparse.Namespace) -> list[str]:
+    return [flag for flag, attr in OMNIGLOT_FLAGS if getattr(args, attr, None) is not None]
+
+
 def _add_runtime(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--backend", default="auto", choices=("auto", "fused", "reference"),
@@ -173,6 +206,19 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split", choices=("vinyals", "maml", "lake"),
                        help="Omniglot class split (default: the sampler's)")
     group.add_argument("--image-size", type=_positive_int, help="image side in pixels")
+    group.add_argument("--within-alphabet", action="store_const", const=True, default=None,
+                       help="omniglot: every task's classes come from one alphabet (Lake et al.'s "
+                            "harder task)")
+    rotations = group.add_mutually_exclusive_group()
+    rotations.add_argument("--rotations", dest="rotations", action="store_const", const=True,
+                           default=None, help="omniglot: the 90/180/270-degree rotations of each "
+                                              "character are classes too (the default)")
+    rotations.add_argument("--no-rotations", dest="rotations", action="store_const", const=False,
+                           help="omniglot: the characters as drawn only (Lake et al.)")
+    group.add_argument("--val-alphabets", type=_alphabet_list, metavar="A,B,...",
+                       help="omniglot --split lake: the background alphabets held out for "
+                            "validation, comma-separated, or 'none' (default: "
+                            "Bengali,Cyrillic,Futurama,Hebrew,Korean)")
     group.add_argument("--cache-dir", help="where decoded images are cached")
     group.add_argument("--reward", choices=("distance", "squared"),
                        help="navigation2d: minus the distance to the goal (the public code's, "
@@ -189,7 +235,7 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
                                   ("--shots", args.shots), ("--queries", args.queries),
                                   ("--split", args.split), ("--image-size", args.image_size),
                                   ("--reward", args.reward))
-                   if v is not None]
+                   if v is not None] + _omniglot_flags_given(args)
         if ignored:
             raise ValueError(f"{', '.join(ignored)} describe the built-in tasks; pass your tasks' "
                              f"settings with --tasks-opt key=value")
@@ -203,7 +249,7 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
         ignored = [flag for flag, value in (
             ("--data-root", args.data_root), ("--ways", args.ways), ("--shots", args.shots),
             ("--queries", args.queries), ("--split", args.split), ("--image-size", args.image_size),
-            ("--cache-dir", args.cache_dir)) if value is not None]
+            ("--cache-dir", args.cache_dir)) if value is not None] + _omniglot_flags_given(args)
         if ignored:
             raise ValueError(f"{', '.join(ignored)} do not apply to --task navigation2d (its "
                              f"trajectories per task are --opt trajectories=N)")
@@ -211,7 +257,7 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.task == "sine":
         ignored = [flag for flag, value in (("--data-root", args.data_root), ("--ways", args.ways),
                                             ("--split", args.split), ("--image-size", args.image_size))
-                   if value is not None]
+                   if value is not None] + _omniglot_flags_given(args)
         if ignored:
             raise ValueError(f"{', '.join(ignored)} do not apply to --task sine")
         return {"name": "sine", "shots": args.shots or 10, "queries": args.queries or 10}
@@ -220,9 +266,16 @@ def _task_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.task == "images" and args.split is not None:
         raise ValueError("--split applies to --task omniglot only (image folders are split by "
                          "directory)")
+    if args.task == "images" and _omniglot_flags_given(args):
+        raise ValueError(f"{', '.join(_omniglot_flags_given(args))} apply to --task omniglot only")
+    if args.val_alphabets is not None and args.split != "lake":
+        raise ValueError("--val-alphabets applies to --split lake only (the other splits hold "
+                         "out characters)")
     spec = {"name": args.task, "data_root": str(args.data_root), "ways": args.ways,
             "shots": args.shots, "queries": args.queries, "split": args.split,
-            "image_size": args.image_size, "cache_dir": args.cache_dir}
+            "image_size": args.image_size, "cache_dir": args.cache_dir,
+            "rotations": args.rotations, "within_alphabet": args.within_alphabet,
+            "val_alphabets": args.val_alphabets}
     return {k: v for k, v in spec.items() if v is not None}
 
 
@@ -244,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "scratch, finetune, baseline++")
     p.add_argument("--out", help="run directory to create (or resume); required unless "
                                  "--resume RUN_DIR")
+    p.add_argument("--protocol", help="a named experiment whose task, per-algorithm options and "
+                                      "run settings fill in what the flags leave unset: "
+                                      "stress-test, omniglot20, lake (see 'learnedopt protocol "
+                                      "show NAME')")
     _add_task(p)
     model = p.add_argument_group("your own model (default: the paper's learner for the task)")
     model.add_argument("--model", dest="model_factory", metavar="MODULE:ATTR",
@@ -273,12 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     algo.add_argument("--opt", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                       help="any other algorithm option, repeatable (e.g. --opt inner_lr=0.4)")
     run = p.add_argument_group("run")
-    run.add_argument("--iterations", type=_positive_int, default=20000,
-                     help="meta-iterations (default: 20000)")
-    run.add_argument("--val-every", type=_positive_int, default=500,
-                     help="validate every N iterations; best.pt keeps the best (default: 500)")
-    run.add_argument("--val-tasks", type=_positive_int, default=100,
-                     help="fixed validation tasks (default: 100)")
+    run.add_argument("--iterations", type=_positive_int,
+                     help=f"meta-iterations (default: the protocol's, else "
+                          f"{RUN_DEFAULTS['iterations']})")
+    run.add_argument("--val-every", type=_positive_int,
+                     help=f"validate every N iterations; best.pt keeps the best (default: the "
+                          f"protocol's, else {RUN_DEFAULTS['val_every']})")
+    run.add_argument("--val-tasks", type=_positive_int,
+                     help=f"fixed validation tasks (default: the protocol's, else "
+                          f"{RUN_DEFAULTS['val_tasks']})")
     run.add_argument("--val-batch", type=_positive_int, default=25,
                      help="validation tasks adapted at once (default: 25); lower it to bound the "
                           "memory of a large learner (the tasks are the same for any value)")
@@ -347,8 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed of the test goals (default: 0)")
     q.add_argument("--out", required=True, help="PNG file to write")
     q = kinds.add_parser("ways", help="accuracy against number of ways from result JSONs")
-    q.add_argument("results", nargs="+", help="result files written by 'learnedopt eval --out'")
+    q.add_argument("results", nargs="+",
+                   help="result files written by 'learnedopt eval --out', directories of them "
+                        "(searched recursively) or quoted glob patterns ('results/**/*.json')")
     q.add_argument("--out", required=True, help="PNG file to write")
+
+    # ---- protocol ----
+    p = sub.add_parser("protocol", formatter_class=formatter,
+                       help="list the named experiment protocols or show one's option sets",
+                       description="The seeds' Omniglot experiments as option sets for "
+                                   "'learnedopt train --protocol NAME': task, per-algorithm "
+                                   "options, run settings and meta-test tasks, with their sources.",
+                       epilog="examples:\n  learnedopt protocol list\n"
+                              "  learnedopt protocol show stress-test\n"
+                              "  learnedopt train --protocol stress-test --algorithm metalstm++ "
+                              "--ways 50 --data-root DATA --out runs/st/metalstm++-50w")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="the protocols, one line each")
+    q = actions.add_parser("show", help="one protocol's settings")
+    q.add_argument("name", help="a protocol name (learnedopt protocol list)")
 
     # ---- export-rule ----
     p = sub.add_parser("export-rule", help="write the rule file of a checkpoint for the drop-in "
@@ -389,9 +466,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill the task and run flags the user left unset from --protocol; returns the protocol's
+    options for the algorithm ({} without a protocol), which --opt and the flags override."""
+    if args.protocol is None:
+        for name, value in RUN_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        return {}
+    from learnedopt import protocols
+    protocol = protocols.get_protocol(args.protocol)
+    if args.task not in (None, "omniglot") or args.tasks_factory is not None:
+        raise ValueError(f"--protocol {protocol.name} is an Omniglot protocol; it does not "
+                         f"combine with {'--tasks' if args.tasks_factory else '--task ' + args.task}")
+    args.task = "omniglot"
+    for key, value in protocol.task_spec(args.ways, args.shots).items():
+        if key != "name" and getattr(args, key) is None:
+            setattr(args, key, value)
+    for name, value in protocol.run.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for warning in protocols.check_setting(protocol, args.algorithm, args.ways, args.shots):
+        print(f"learnedopt train: note: {warning}", file=sys.stderr)
+    return protocol.algorithm_options(args.algorithm)
+
+
 def _train_config(args: argparse.Namespace):
     from learnedopt.train import TrainConfig
+    protocol_options = _apply_protocol(args)
     options = dict(args.opt)
+    task_keys = {"within_alphabet": "--within-alphabet", "rotations": "--rotations/--no-rotations",
+                 "val_alphabets": "--val-alphabets", "split": "--split", "ways": "--ways",
+                 "shots": "--shots", "queries": "--queries", "image_size": "--image-size"}
+    misplaced = [f"--opt {k}=... (use {task_keys[k]})" for k in options if k in task_keys]
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)}: these describe the tasks, not the algorithm")
     for attr, key in OPTION_FLAGS.items():
         value = getattr(args, attr)
         if value is not None:
@@ -399,6 +508,7 @@ def _train_config(args: argparse.Namespace):
                 raise ValueError(f"--{attr.replace('_', '-')} {value} and --opt {key}="
                                  f"{options[key]} disagree")
             options[key] = value
+    options = {**protocol_options, **options}
     return TrainConfig(algorithm=args.algorithm, task=_task_spec(args), out=str(args.out),
                        options=options, learner=_learner_spec(args),
                        iterations=args.iterations, val_every=args.val_every,
@@ -465,6 +575,7 @@ def _resume_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from learnedopt.checkpoint import load_checkpoint
+    from learnedopt.evaluate import format_value
     from learnedopt.train import train
     if isinstance(args.resume, str):
         config = _resume_config(args)
@@ -479,7 +590,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     best = load_checkpoint(run_dir / "best.pt")["best"]
     chosen = ("" if best["iteration"] is None else
-              f", validation {best['metric']} {best['value']:.4g} at iteration {best['iteration']}")
+              f", validation {best['metric']} {format_value(best['metric'], best['value'])} at "
+              f"iteration {best['iteration']}")
     print(f"run written to {run_dir}; best model: {run_dir / 'best.pt'}{chosen}")
     return 0
 
@@ -516,6 +628,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     else:
         out = plots.plot_ways(args.results, args.out)
     print(f"figure written to {out}")
+    return 0
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from learnedopt import protocols
+    if args.action == "list":
+        width = max(map(len, protocols.PROTOCOLS))
+        for protocol in protocols.PROTOCOLS.values():
+            print(f"{protocol.name:<{width}}  {protocol.summary}")
+    else:
+        print(protocols.describe(protocols.get_protocol(args.name)))
     return 0
 
 
@@ -578,7 +701,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "info": cmd_info,
-            "demo": cmd_demo, "export-rule": cmd_export_rule}
+            "demo": cmd_demo, "export-rule": cmd_export_rule, "protocol": cmd_protocol}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -174,16 +174,28 @@ def evaluate_checkpoint(path: str | os.PathLike, num_tasks: int | None = None,
     }
 
 
+def format_value(metric: str, mean: float, ci: float | None = None) -> str:
+    """A metric as every command prints it. Accuracy: percent with one decimal, '81.3% ± 0.7%'.
+    Other metrics: the CI to two significant digits and the mean to the same decimal place,
+    '0.612 ± 0.034', '1.48 ± 0.30' (never '1.48 ± 0.3'); without a CI, four significant digits."""
+    if metric == "accuracy":
+        text = f"{mean * 100:.1f}%"
+        return text if ci is None else f"{text} ± {ci * 100:.1f}%"
+    if ci is None or ci <= 0 or not math.isfinite(ci):
+        return f"{mean:.4g}" if ci is None else f"{mean:.4g} ± {ci:.2g}"
+    decimals = max(0, 1 - math.floor(math.log10(ci)))
+    return f"{mean:.{decimals}f} ± {ci:.{decimals}f}"
+
+
 def format_result(result: dict[str, Any]) -> str:
     """One human line: 'maml on sine (test, 2000 tasks): loss 0.612 ± 0.034 (95% CI)'."""
     p = result["protocol"]
-    scale, unit = (100.0, "%") if result["metric"] == "accuracy" else (1.0, "")
     ci = result["ci95"]
-    ci_text = f" ± {ci * scale:.3g}{unit} (95% CI)" if ci is not None else ""
     what = p["task"] if p.get("ways") is None else f"{p['task']} {p['ways']}-way {p['shots']}-shot"
     return (f"{result['algorithm']} on {what} ({p['split']}, {p['tasks']} tasks, "
             f"{p['inner_steps_test']} inner steps): {result['metric']} "
-            f"{result['mean'] * scale:.4g}{unit}{ci_text}")
+            f"{format_value(result['metric'], result['mean'], ci)}"
+            + (" (95% CI)" if ci is not None else ""))
 
 
 def write_result(path: str | os.PathLike, result: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ checkpoint rebuilds exactly what was trained.
 
 Task spec:    {"name": "sine", "shots": 10, "queries": 10}
               {"name": "omniglot", "data_root": ..., "ways": 5, "shots": 1, "queries": 15,
-               "split": "vinyals", "image_size": 28}
+               "split": "vinyals", "image_size": 28}   (optional: "rotations", "within_alphabet",
+               "val_alphabets": the OmniglotTasks arguments of those names)
               {"name": "images", "data_root": ..., "ways": 5, "shots": 1, "queries": 15,
                "image_size": 84}
               {"name": "custom", "factory": "mypkg.data:tasks", "kwargs": {...}}   (a user sampler:
@@ -28,6 +29,8 @@ from typing import Any
 import torch
 
 TASKS = ("sine", "omniglot", "images", "custom", "navigation2d")
+# Task spec keys only the Omniglot sampler takes (the image folders have no alphabets or rotations).
+OMNIGLOT_ONLY_KEYS = ("rotations", "within_alphabet", "val_alphabets")
 
 
 def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu", tasks=None):
@@ -50,6 +53,12 @@ def build_sampler(spec: dict[str, Any], device: str | torch.device = "cpu", task
             raise ValueError(f"task {name!r} needs a data root (--data-root DIR)")
         kwargs = {k: spec[k] for k in ("ways", "shots", "queries", "image_size", "split", "cache_dir")
                   if spec.get(k) is not None}
+        omniglot_only = [k for k in OMNIGLOT_ONLY_KEYS if spec.get(k) is not None]
+        if name == "omniglot":
+            kwargs.update({k: spec[k] for k in omniglot_only})
+        elif omniglot_only:
+            raise ValueError(f"task {name!r} does not take {', '.join(omniglot_only)} (Omniglot "
+                             f"only)")
         if name == "omniglot":
             from learnedopt.tasks.omniglot import OmniglotTasks as sampler_class
         else:

@@ -173,32 +173,67 @@ def plot_sine_fit(checkpoint_path: str | os.PathLike, out: str | os.PathLike, ta
         ax.scatter(task.x_support.reshape(-1), task.y_support.reshape(-1), color="tab:blue",
                    zorder=3, s=18, label=f"{task.x_support.shape[1]} support points")
         ax.grid(alpha=0.3)
+        ax.set(xlabel="x (input)", ylabel="y (output)")
         if b == 0:
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{checkpoint['algorithm']}: sine fits on meta-test tasks")
     return _save(fig, out)
 
 
+def result_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The result JSON files named by ``paths``: files as given, directories searched recursively
+    for ``*.json``, and glob patterns (``results/**/*.json``, quoted so that the shell leaves them)
+    expanded recursively. A path that matches nothing is an error, not silently skipped."""
+    import glob
+    files: list[Path] = []
+    for path in paths:
+        text = str(path)
+        if Path(text).is_dir():
+            found = sorted(p for p in Path(text).rglob("*.json") if p.is_file())
+            if not found:
+                raise ValueError(f"{text!r} is a directory without result files (*.json)")
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise ValueError(f"{text!r} matches no files")
+        else:
+            found = [Path(text)]  # load_result names it if it does not exist
+        files += [f for f in found if f not in files]
+    return files
+
+
 def plot_ways(results: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Meta-test accuracy (mean ± 95% CI) against the number of ways, one line per algorithm and
-    shot count (the stress test's figure)."""
+    """Meta-test accuracy (mean ± 95% CI) against the number of ways, one line per algorithm
+    (and shot count, when the results hold several), ticks at the tested ways: the stress test's
+    figure. ``results``: result files, directories of them, or glob patterns."""
     plt = _pyplot()
-    lines: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
-    for path in results:
+    lines: dict[tuple[str, Any], dict[int, tuple[float, float, str]]] = defaultdict(dict)
+    for path in result_files(results):
         result = load_result(path)
         ways = result["protocol"].get("ways")
-        if ways is None:
-            raise ValueError(f"{str(path)!r} is not a classification result (no ways recorded)")
-        label = f"{result['algorithm']} {result['protocol'].get('shots')}-shot"
-        lines[label].append((int(ways), result["mean"], result["ci95"] or 0.0))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    scale = 100.0
-    for label, points in sorted(lines.items()):
-        points.sort()
-        ax.errorbar([p[0] for p in points], [p[1] * scale for p in points],
-                    yerr=[p[2] * scale for p in points], marker="o", capsize=3, label=label)
-    ax.set(xlabel="ways (classes per task)", ylabel="meta-test accuracy (%)", xscale="log",
-           title="accuracy against number of ways (mean ± 95% CI)")
-    ax.grid(alpha=0.3, which="both")
+        if ways is None or result.get("metric") != "accuracy":
+            raise ValueError(f"{str(path)!r} is not a classification result (no ways and accuracy "
+                             f"recorded)")
+        key = (result["algorithm"], result["protocol"].get("shots"))
+        if int(ways) in lines[key]:
+            raise ValueError(f"two results for {key[0]} {key[1]}-shot at {ways} ways: "
+                             f"{lines[key][int(ways)][2]!r} and {str(path)!r}; plot one of them")
+        lines[key][int(ways)] = (result["mean"], result["ci95"] or 0.0, str(path))
+    several_shots = len({shots for _, shots in lines}) > 1
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    tested = sorted({w for points in lines.values() for w in points})
+    for (algorithm, shots), points in sorted(lines.items(), key=lambda kv: (str(kv[0][0]),
+                                                                          str(kv[0][1]))):
+        ways = sorted(points)
+        label = f"{algorithm} {shots}-shot" if several_shots else algorithm
+        ax.errorbar(ways, [points[w][0] * 100 for w in ways],
+                    yerr=[points[w][1] * 100 for w in ways], marker="o", capsize=4, label=label)
+    shots_text = "" if several_shots else f", {next(iter(lines))[1]}-shot"
+    ax.set(xlabel="ways (classes per task)", ylabel="meta-test accuracy (%)",
+           title=f"accuracy against number of ways{shots_text} (mean ± 95% CI)")
+    # A linear axis, as the stress test's Figure 2 (a log one crowds 150, 175, 200 together).
+    ax.set_xticks(tested)
+    ax.set_xticklabels([str(w) for w in tested])
+    ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out)

@@ -43,7 +43,7 @@ import learnedopt
 from learnedopt import distributed, experiment, interrupts, ops
 from learnedopt.checkpoint import (FORMAT, atomic_write_bytes, load_checkpoint, require_keys,
                                    save_checkpoint)
-from learnedopt.evaluate import evaluate_tasks, summarize
+from learnedopt.evaluate import evaluate_tasks, format_value, summarize
 from learnedopt.rundir import RunLock, remove_stale_temporaries
 
 # Divergence warnings (a documented rule, for loss metrics): the first validation's loss after
@@ -538,8 +538,9 @@ class _Trainer:
             # meta-parameter, not only the ones a particular learner happens to expose.
             self._save("best.pt", deadline)
         self._log(record)
-        line = (f"[{self.iteration}/{self.config.iterations}] val {self.metric} {value:.4g} "
-                f"± {record[f'{self.metric}_ci95'] or 0:.2g}" + (" (best)" if improved else ""))
+        line = (f"[{self.iteration}/{self.config.iterations}] val {self.metric} "
+                f"{format_value(self.metric, value, record[f'{self.metric}_ci95'])}"
+                + (" (best)" if improved else ""))
         if not bar.disable:
             bar.write(line)
         elif self.config.progress is None and self.dist.is_writer:  # no terminal (a log file): one line per validation

@@ -16,7 +16,7 @@ import torch
 from learnedopt import ops
 from learnedopt.checkpoint import load_checkpoint
 from learnedopt.cli import main, parse_option
-from learnedopt.evaluate import evaluate_tasks, rebuild_algorithm
+from learnedopt.evaluate import evaluate_tasks, format_value, rebuild_algorithm
 from learnedopt.tasks.sine import SineTasks
 from tests.runner_tiny import tiny_registry  # noqa: F401 (fixture)
 
@@ -106,7 +106,7 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys, tiny_registry):
     assert result["mean"] == pytest.approx(losses.mean().item(), rel=1e-6)
     assert result["ci95"] == pytest.approx(1.96 * losses.std().item() / math.sqrt(30), rel=1e-6)
     assert result["metrics"]["loss"]["tasks"] == 30
-    assert f"{result['mean']:.4g}" in printed
+    assert f"loss {format_value('loss', result['mean'], result['ci95'])} (95% CI)" in printed
 
     protocol = result["protocol"]
     assert protocol["task"] == "sine" and protocol["split"] == "test"
@@ -149,7 +149,7 @@ def test_demo_runs_and_reruns(tmp_path, capsys, tiny_registry):
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "demo" / "result.json").read_text())
     assert result["protocol"]["tasks"] == 20 and result["protocol"]["shots"] == 10
-    assert f"{result['mean']:.4g}" in printed
+    assert format_value("loss", result["mean"], result["ci95"]) in printed
     for name in ("curves.png", "sine_fit.png"):
         assert (tmp_path / "demo" / name).read_bytes()[:8] == PNG_SIGNATURE
     # A second call finds the finished run and only re-evaluates: the same model, the same number.

@@ -165,7 +165,7 @@ def test_maml_split_is_a_seeded_partition(tiny_omniglot, cache):
 
 
 def test_lake_split_background_to_evaluation(tiny_omniglot, cache):
-    t = tasks(tiny_omniglot, cache, split="lake", rotations=False)
+    t = tasks(tiny_omniglot, cache, split="lake", rotations=False, val_alphabets=[])
     assert split_characters(t, "train") == set(tiny_characters()[:N_BACKGROUND])
     assert split_characters(t, "test") == set(tiny_characters()[N_BACKGROUND:])
     small = tasks(tiny_omniglot, cache, split="lake", rotations=False,
@@ -174,9 +174,34 @@ def test_lake_split_background_to_evaluation(tiny_omniglot, cache):
     assert len(split_characters(small, "val")) == 2
 
 
+def test_lake_split_validates_on_held_out_alphabets(tiny_omniglot, cache):
+    t = tasks(tiny_omniglot, cache, split="lake", rotations=False, ways=5,
+              val_alphabets=["Alpha1", "Alpha3"])
+    alphabets = {name: {c.split("/")[0] for c in split_characters(t, name)}
+                 for name in ("train", "val", "test")}
+    assert alphabets == {"train": {"Alpha0", "Alpha2"}, "val": {"Alpha1", "Alpha3"},
+                         "test": {"Eval0", "Eval1"}}
+    assert len(split_characters(t, "val")) == 2 * TINY_BACKGROUND["Alpha1"]
+    assert t.config()["val_alphabets"] == ["Alpha1", "Alpha3"]
+    check_label_consistency(next(t.fixed_tasks("val", 3, 3, seed=0)), 5)
+    # The default names the real background alphabets: a release without them is refused, named.
+    with pytest.raises(ValueError, match=r"validation alphabet\(s\) \['Bengali'"):
+        tasks(tiny_omniglot, cache, split="lake", rotations=False)
+    with pytest.raises(ValueError, match="not both"):
+        tasks(tiny_omniglot, cache, split="lake", val_alphabets=["Alpha1"], val_characters=3)
+    with pytest.raises(ValueError, match="split='lake' only"):
+        tasks(tiny_omniglot, cache, split="maml", train_characters=40, val_alphabets=["Alpha1"])
+    with pytest.raises(ValueError, match="list of alphabet names"):
+        tasks(tiny_omniglot, cache, split="lake", val_alphabets="Alpha1")
+    # Without validation classes, asking for them says how to get some.
+    none = tasks(tiny_omniglot, cache, split="lake", rotations=False, val_alphabets=[])
+    with pytest.raises(ValueError, match="val_alphabets"):
+        none.fixed_tasks("val", 2, 2, seed=0)
+
+
 def test_within_alphabet_tasks_use_one_alphabet(tiny_omniglot, cache):
     t = tasks(tiny_omniglot, cache, split="lake", rotations=False, ways=5, shots=1,
-              within_alphabet=True)
+              within_alphabet=True, val_alphabets=[])
     check_label_consistency(next(t.fixed_tasks("test", 4, 4, seed=0)), 5)
     batch = t.sample(8, torch.Generator().manual_seed(0))
     for b in range(8):
@@ -185,7 +210,7 @@ def test_within_alphabet_tasks_use_one_alphabet(tiny_omniglot, cache):
     # Evaluation alphabets have 5 characters each: a 6-way within-alphabet task is impossible.
     with pytest.raises(ValueError, match="no group of the 'test' split has 6 classes"):
         tasks(tiny_omniglot, cache, split="lake", rotations=False, ways=6,
-              within_alphabet=True).fixed_tasks("test", 2, 2, seed=0)
+              within_alphabet=True, val_alphabets=[]).fixed_tasks("test", 2, 2, seed=0)
 
 
 def test_rotations_are_quarter_turns_counter_clockwise(tiny_omniglot, cache):
@@ -245,12 +270,12 @@ def test_support_and_query_of_a_class_share_its_label(tiny_omniglot, cache):
 
 
 def test_two_hundred_way_episodes(tiny_omniglot, cache):
-    t = tasks(tiny_omniglot, cache, split="lake", ways=200, shots=1, queries=1)
+    t = tasks(tiny_omniglot, cache, split="lake", ways=200, shots=1, queries=1, val_alphabets=[])
     batch = t.sample(2, torch.Generator().manual_seed(0))
     assert batch.x_support.shape == (2, 200, 1, 28, 28)
     check_label_consistency(batch, 200)
     with pytest.raises(ValueError, match="at least 209 classes, the 'train' split has 208"):
-        tasks(tiny_omniglot, cache, split="lake", ways=209, shots=1, queries=1)
+        tasks(tiny_omniglot, cache, split="lake", ways=209, shots=1, queries=1, val_alphabets=[])
     # The evaluation characters cannot serve 200-way tasks: an error naming the split, on use.
     with pytest.raises(ValueError, match="the 'test' split has 40"):
         t.fixed_tasks("test", 2, 2, seed=0)
@@ -370,6 +395,19 @@ def test_real_maml_split(real_cache):
     t = OmniglotTasks(REAL_OMNIGLOT, split="maml", cache_dir=real_cache)
     counts = [len(split_characters(t, s)) for s in ("train", "val", "test")]
     assert counts == [980, 220, 423]
+
+
+@real
+def test_real_lake_split_holds_out_five_background_alphabets(real_cache):
+    from learnedopt.tasks.omniglot import LAKE_VAL_ALPHABETS
+    t = OmniglotTasks(REAL_OMNIGLOT, split="lake", rotations=False, within_alphabet=True,
+                      ways=20, cache_dir=real_cache)
+    val = split_characters(t, "val")
+    assert {c.split("/")[0] for c in val} == set(LAKE_VAL_ALPHABETS)
+    assert len(val) == 167 and len(split_characters(t, "train")) == 964 - 167
+    assert not val & split_characters(t, "train")
+    # Every held-out alphabet is big enough for within-alphabet 20-way validation tasks.
+    next(t.fixed_tasks("val", 2, 2, seed=0))
 
 
 @real

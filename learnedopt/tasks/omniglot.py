@@ -15,9 +15,11 @@ Class splits (``split=``):
   ``val_characters`` (default 220, MetaLSTM++) are held out for validation; the other 423 are the
   meta-test characters.
 - "lake": meta-train on the background set (or a "minimal" one via ``background=``), meta-test
-  on the evaluation set; ``val_characters`` (default 0) of the shuffled background characters can
-  be held out for validation. Lake's own task is ``within_alphabet=True``, 20-way 1-shot, no
-  rotations.
+  on the evaluation set. Validation: whole background alphabets held out (``val_alphabets``,
+  default :data:`LAKE_VAL_ALPHABETS` for the full background set, none for the minimal ones), so
+  validation tasks, like the test tasks, come from alphabets never meta-trained on; or instead
+  ``val_characters`` of the shuffled background characters. Lake's own task is
+  ``within_alphabet=True``, 20-way 1-shot, no rotations.
 With ``rotations`` (default) every character also appears rotated by 90, 180 and 270 degrees as
 three further classes.
 """
@@ -43,6 +45,11 @@ from learnedopt.tasks.image_cache import (DecodeSpec, ImageRef, cache_key, defau
 BACKGROUND_SETS = ("images_background", "images_background_small1", "images_background_small2")
 EVALUATION_SET = "images_evaluation"
 SPLIT_SCHEMES = ("vinyals", "maml", "lake")
+# The background alphabets the "lake" split holds out for validation: five of the 30, 167 of the
+# 964 characters (17%), each with at least 20 characters so that within-alphabet 20-way
+# validation tasks exist, from different script families (Indic, Cyrillic, invented, Semitic,
+# Hangul). Our choice: Lake et al. define no validation set.
+LAKE_VAL_ALPHABETS = ("Bengali", "Cyrillic", "Futurama", "Hebrew", "Korean")
 _ROTATION_ENTRY = re.compile(r"^([^/]+/[^/]+)/rot(\d{3})$")
 
 
@@ -191,7 +198,8 @@ class OmniglotTasks(episodes.PoolSampler):
                  split: str = "vinyals", rotations: bool = True, image_size: int = 28,
                  train_characters: int = 1200, val_characters: int | None = None,
                  split_seed: int = 1, background: str = "images_background",
-                 within_alphabet: bool = False, cache_dir: str | Path | None = None,
+                 within_alphabet: bool = False, val_alphabets: tuple[str, ...] | None = None,
+                 cache_dir: str | Path | None = None,
                  use_cache: bool = True, device: str | torch.device = "cpu",
                  workers: int | None = None):
         if split not in SPLIT_SCHEMES:
@@ -204,6 +212,17 @@ class OmniglotTasks(episodes.PoolSampler):
         if split == "vinyals" and val_characters is not None:
             raise ValueError("Omniglot: the Vinyals split fixes its validation classes; "
                              "val_characters applies to split='maml' or 'lake'")
+        if val_alphabets is not None and split != "lake":
+            raise ValueError("Omniglot: val_alphabets applies to split='lake' only")
+        if isinstance(val_alphabets, str):
+            raise ValueError(f"Omniglot: val_alphabets must be a list of alphabet names, got the "
+                             f"string {val_alphabets!r}")
+        if split == "lake" and val_alphabets and val_characters:
+            raise ValueError("Omniglot: give val_alphabets or val_characters, not both (the "
+                             "'lake' validation classes are whole alphabets or random characters)")
+        if split == "lake" and val_alphabets is None:
+            default_alphabets = not val_characters and background == "images_background"
+            val_alphabets = LAKE_VAL_ALPHABETS if default_alphabets else ()
         if val_characters is None:
             val_characters = {"vinyals": 0, "maml": 220, "lake": 0}[split]
         if val_characters < 0:
@@ -214,6 +233,7 @@ class OmniglotTasks(episodes.PoolSampler):
         self.train_characters, self.val_characters = train_characters, val_characters
         self.split_seed, self.background = split_seed, background
         self.within_alphabet = within_alphabet
+        self.val_alphabets = tuple(val_alphabets) if val_alphabets is not None else None
         self.device = torch.device(device)
 
         set_names = [background if split == "lake" else "images_background", EVALUATION_SET]
@@ -258,6 +278,18 @@ class OmniglotTasks(episodes.PoolSampler):
                       "test": characters[self.train_characters:]}
         else:  # lake
             background = list(sets[0].characters)
+            if self.val_alphabets:
+                present = sorted({c.split("/")[0] for c in background})
+                missing = [a for a in self.val_alphabets if a not in present]
+                if missing:
+                    raise ValueError(f"Omniglot: validation alphabet(s) {missing} are not in "
+                                     f"{self.background} (its alphabets: {', '.join(present)}); "
+                                     f"pass val_alphabets=[...] or [] for none")
+                held = set(self.val_alphabets)
+                return {name: [(c, r) for c in chars for r in turns] for name, chars in {
+                    "train": [c for c in background if c.split("/")[0] not in held],
+                    "val": [c for c in background if c.split("/")[0] in held],
+                    "test": list(sets[1].characters)}.items()}
             if self.val_characters >= len(background):
                 raise ValueError(f"Omniglot: val_characters ({self.val_characters}) must be fewer "
                                  f"than the {len(background)} background characters")
@@ -272,8 +304,10 @@ class OmniglotTasks(episodes.PoolSampler):
         if split not in ("train", "val", "test"):
             raise ValueError(f"Omniglot: split must be 'train', 'val' or 'test', got {split!r}")
         if split not in self._pools:
+            hint = ("val_alphabets=[...] or val_characters > 0" if self.split == "lake" else
+                    "val_characters > 0")
             raise ValueError(f"Omniglot: the {self.split!r} split has no {split!r} classes "
-                             f"(set val_characters > 0 to hold some out)")
+                             f"(set {hint} to hold some out)")
         pool = self._pools[split]
         if split not in self._checked:
             episodes.check_episode_shape(pool, self.ways, self.shots, self.queries,
@@ -296,6 +330,7 @@ class OmniglotTasks(episodes.PoolSampler):
             config["train_characters"] = self.train_characters
         if self.split == "lake":
             config["background"] = self.background
+            config["val_alphabets"] = list(self.val_alphabets or ())
         return config
 
     def _draw(self, pool: ClassPool, count: int, generator: torch.Generator) -> TaskBatch:
