@@ -139,3 +139,14 @@ def tiny_registry(monkeypatch):
     monkeypatch.setattr(experiment, "build_algorithm", build_algorithm)
     monkeypatch.setattr(experiment, "build_learner", build_learner)
     monkeypatch.setattr(experiment, "default_learner_spec", default_learner_spec)
+
+
+def tiny_config(out, **overrides):
+    """A short sine run of the "tiny" algorithm into ``out`` (tiny_registry registers it); the
+    tests of the training loop change what they test through ``overrides``."""
+    from learnedopt.train import TrainConfig
+    settings = dict(algorithm="tiny", task={"name": "sine", "shots": 5, "queries": 5}, out=str(out),
+                    iterations=24, val_every=6, val_tasks=20, eval_batch=10, log_every=3, seed=3,
+                    progress=False)
+    settings.update(overrides)
+    return TrainConfig(**settings)

@@ -16,18 +16,15 @@ from learnedopt import train as train_module
 from learnedopt.checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from learnedopt.tasks.sine import SineTasks
 from learnedopt.train import TrainConfig, load_metrics, train
-from tests.runner_tiny import TinyMetaSGD, tiny_registry  # noqa: F401 (fixture)
+from tests.runner_tiny import TinyMetaSGD, tiny_config, tiny_registry  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("tiny_registry")
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config(out, **overrides) -> TrainConfig:
-    settings = dict(algorithm="tiny", task={"name": "sine", "shots": 5, "queries": 5}, out=str(out),
-                    iterations=24, val_every=4, val_tasks=20, eval_batch=10, log_every=2, seed=3,
-                    checkpoint_every=1, progress=False)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    # Validation every 4 and a checkpoint every iteration: failures land between checkpoints.
+    return tiny_config(out, **{"val_every": 4, "log_every": 2, "checkpoint_every": 1, **overrides})
 
 
 def snapshot(run: Path) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ from learnedopt.checkpoint import load_checkpoint
 from learnedopt.interrupts import RunInterrupted, TimeLimitReached, parse_duration
 from learnedopt.rundir import RunDirectoryBusy, RunLock
 from learnedopt.train import TrainConfig, load_metrics, resume, resume_config, train
-from tests.runner_tiny import TinyMetaSGD, tiny_registry  # noqa: F401 (fixture)
+from tests.runner_tiny import TinyMetaSGD, tiny_config, tiny_registry  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 LONG_RUN = ["train", "--algorithm", "metasgd", "--task", "sine", "--shots", "5", "--queries", "5",
@@ -51,11 +51,7 @@ def wait_training(run: Path, proc: subprocess.Popen, timeout: float = 90.0) -> N
 
 
 def config(out, **overrides) -> TrainConfig:
-    settings = dict(algorithm="tiny", task={"name": "sine", "shots": 5, "queries": 5}, out=str(out),
-                    iterations=24, val_every=6, val_tasks=20, eval_batch=10, log_every=3, seed=3,
-                    progress=False)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    return tiny_config(out, **overrides)
 
 
 def same_state(a: dict, b: dict) -> bool:

@@ -12,17 +12,13 @@ from learnedopt.checkpoint import load_checkpoint
 from learnedopt.evaluate import evaluate_tasks, summarize
 from learnedopt.tasks.sine import SineTasks
 from learnedopt.train import TrainConfig, load_metrics, train
-from tests.runner_tiny import TinyMetaSGD, tiny_registry  # noqa: F401 (fixture)
+from tests.runner_tiny import TinyMetaSGD, tiny_config, tiny_registry  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("tiny_registry")
 
 
 def config(out, **overrides) -> TrainConfig:
-    settings = dict(algorithm="tiny", task={"name": "sine", "shots": 5, "queries": 5}, out=str(out),
-                    iterations=24, val_every=6, val_tasks=20, eval_batch=10, log_every=3, seed=3,
-                    progress=False)
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    return tiny_config(out, **overrides)
 
 
 def comparable(records):
