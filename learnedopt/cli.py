@@ -514,7 +514,8 @@ def _train_config(args: argparse.Namespace):
                        iterations=args.iterations, val_every=args.val_every,
                        val_tasks=args.val_tasks, eval_batch=args.val_batch, log_every=args.log_every,
                        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                       backend=args.backend, progress=False if args.no_progress else None)
+                       backend=args.backend, progress=False if args.no_progress else None,
+                       protocol=args.protocol)
 
 
 def _learner_spec(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -73,6 +73,9 @@ class TrainConfig:
     device: str = "cpu"
     backend: str = "auto"
     progress: bool | None = None              # None: a bar on a terminal, val lines otherwise
+    # The --protocol whose settings filled task, options and the run lengths: a record of where
+    # they came from (the settings themselves are in the fields above), None without one.
+    protocol: str | None = None
 
     # Fields a resumed run may change: how long, where, how shown, and the backend (fused and
     # reference kernels agree to rounding; bitwise equality holds only on the same one).
@@ -87,6 +90,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"TrainConfig.{name} must be a positive integer or None, got {value!r}")
+        if self.protocol is not None and not isinstance(self.protocol, str):
+            raise ValueError(f"protocol must be a protocol name or None, got {self.protocol!r}")
         if self.backend not in ops.BACKENDS:
             raise ValueError(f"TrainConfig.backend must be one of {ops.BACKENDS}, got {self.backend!r}")
         if self.task.get("name") not in experiment.TASKS:
@@ -591,7 +596,10 @@ def _warn(bar, message: str) -> None:
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig) -> None:
     current = config.to_dict()
-    different = sorted(k for k in set(saved) | set(current)
+    keys = set(saved) | set(current)
+    if "protocol" not in saved:  # a config.json from before the protocol name was recorded
+        keys.discard("protocol")
+    different = sorted(k for k in keys
                        if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if different:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in different)

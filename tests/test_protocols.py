@@ -12,6 +12,7 @@ import torch
 from learnedopt import cli, experiment, protocols
 from learnedopt.cli import main
 from learnedopt.evaluate import format_value
+from learnedopt.train import TrainConfig
 from tests.fewshot_data import tiny_omniglot  # noqa: F401 (fixture)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,6 +31,8 @@ def test_stress_test_protocol_fills_task_options_and_run(capsys):
     assert config.options == protocols.PROTOCOLS["stress-test"].options["metalstm++"]
     assert config.options["meta_batch_size"] == 4 and config.options["inner_steps"] == 8
     assert (config.iterations, config.val_every, config.val_tasks) == (20000, 250, 300)
+    assert config.protocol == "stress-test"  # recorded in the run's config.json
+    assert TrainConfig.from_dict(config.to_dict()).protocol == "stress-test"
     # The paper's figure has 40 and 60 ways, not 50: allowed, with a note.
     assert "--ways 50 is not one of the stress-test protocol's ways" in capsys.readouterr().err
     train_config(["--protocol", "stress-test", "--algorithm", "maml", "--ways", "40",
@@ -56,7 +59,7 @@ def test_flags_override_the_protocol_and_queries_follow_shots(capsys):
 def test_without_a_protocol_the_old_defaults_hold():
     config = train_config(["--algorithm", "maml", "--task", "sine", "--out", "o"])
     assert (config.iterations, config.val_every, config.val_tasks) == (20000, 500, 100)
-    assert config.options == {}
+    assert config.options == {} and config.protocol is None
 
 
 def test_lake_protocol_and_the_omniglot_flags():
@@ -229,3 +232,17 @@ def test_stress_test_table_puts_results_beside_the_papers_numbers(tmp_path):
     assert "| maml | 56.1 ± 2.0 | 31.0 ± 2.0 |" in text and "| metalstm | not run | not run |" in text
     assert "meta-iterations per run: 200; meta-test tasks: 300" in text
     assert "not measured yet" in text and "old" not in text
+
+
+def test_resume_compares_the_recorded_protocol_and_accepts_older_runs():
+    from learnedopt.train import _check_same_run
+    config = train_config(["--protocol", "omniglot20", "--algorithm", "maml", "--data-root", "D",
+                           "--out", "o"])
+    saved = config.to_dict()
+    _check_same_run(saved, config)  # the same run
+    older = {k: v for k, v in saved.items() if k != "protocol"}  # written before the field existed
+    _check_same_run(older, config)
+    with pytest.raises(ValueError, match="protocol: 'lake' -> 'omniglot20'"):
+        _check_same_run({**saved, "protocol": "lake"}, config)
+    with pytest.raises(ValueError, match="protocol must be a protocol name"):
+        TrainConfig.from_dict({**saved, "protocol": 3}).validate()
