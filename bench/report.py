@@ -4,7 +4,8 @@
     python3 -m bench.report --plots bench/plots      # also write speed-up-against-n PNGs
     python3 -m bench.report --readme README.md       # rewrite the marked README sections
 
-For each device and benchmark the newest file is used (or exactly the files given). README.md
+For each device, benchmark and CPU SIMD path (avx512, avx2) the newest file is used (or exactly
+the files given). README.md
 must contain the markers
 
     <!-- bench:cpu:start --> ... <!-- bench:cpu:end -->
@@ -30,11 +31,25 @@ from bench import results
 SECTIONS = {"cpu": "cpu", "cuda": "gpu"}  # result device -> README marker name
 
 
-def latest(records: list[tuple[Path, dict]]) -> dict[tuple[str, str], tuple[Path, dict]]:
-    """The newest record per (device, benchmark)."""
-    chosen: dict[tuple[str, str], tuple[Path, dict]] = {}
+# The CPU kernels' SIMD paths, best first. Records made before results named their path came
+# from AVX-512 hosts; they count as that path.
+SIMD_PATHS = ("avx512", "avx2", "baseline")
+
+
+def simd_path(record: dict) -> str | None:
+    """The CPU SIMD path a record's kernels took (None on a GPU)."""
+    if record["device"] != "cpu":
+        return None
+    return record.get("machine", {}).get("simd_path") or SIMD_PATHS[0]
+
+
+def latest(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str | None], tuple[Path, dict]]:
+    """The newest record per (device, benchmark, CPU SIMD path): a run on the AVX2 path (an
+    AVX2-only host, or LEARNEDOPT_CPU_CAPABILITY=avx2) is shown beside the AVX-512 one, not
+    instead of it."""
+    chosen: dict[tuple[str, str, str | None], tuple[Path, dict]] = {}
     for path, record in records:
-        key = (record["device"], record["benchmark"])
+        key = (record["device"], record["benchmark"], simd_path(record))
         if key not in chosen or record["date"] > chosen[key][1]["date"]:
             chosen[key] = (path, record)
     return chosen
@@ -95,16 +110,19 @@ def plot_speedups(record: dict, out: Path) -> Path | None:
 def section(device: str, chosen: dict, plots: dict[str, Path], readme_dir: Path | None) -> str:
     parts = []
     for benchmark in results.BENCHMARKS:
-        entry = chosen.get((device, benchmark))
-        if entry is None:
-            continue
-        path, record = entry
-        parts.append(results.render(record))
-        if benchmark == "ops" and device in plots:
-            link = os.path.relpath(plots[device], readme_dir) if readme_dir else str(plots[device])
-            parts.append(f"![fused speed-up against n]({Path(link).as_posix()})")
-        source = os.path.relpath(path, readme_dir) if readme_dir else str(path)
-        parts.append(f"<sub>Source: `{Path(source).as_posix()}`</sub>")
+        for path_name in (SIMD_PATHS if device == "cpu" else (None,)):
+            entry = chosen.get((device, benchmark, path_name))
+            if entry is None:
+                continue
+            path, record = entry
+            if path_name not in (None, SIMD_PATHS[0]):
+                parts.append(f"*The same benchmark on the {path_name.upper()} kernels:*")
+            parts.append(results.render(record))
+            if benchmark == "ops" and path_name in (None, SIMD_PATHS[0]) and device in plots:
+                link = os.path.relpath(plots[device], readme_dir) if readme_dir else str(plots[device])
+                parts.append(f"![fused speed-up against n]({Path(link).as_posix()})")
+            source = os.path.relpath(path, readme_dir) if readme_dir else str(path)
+            parts.append(f"<sub>Source: `{Path(source).as_posix()}`</sub>")
     if not parts:
         return f"No {device.upper()} benchmark results are committed yet."
     return "\n\n".join(parts)
@@ -132,7 +150,7 @@ def parse_args(argv=None):
         epilog="Example: python3 -m bench.report --plots bench/plots --readme README.md")
     parser.add_argument("files", nargs="*", type=Path,
                         help="result files (default: every bench/results/*.json, newest per "
-                             "device and benchmark)")
+                             "device, benchmark and CPU SIMD path)")
     parser.add_argument("--plots", type=Path, help="folder for speed-up-against-n PNGs")
     parser.add_argument("--readme", type=Path, help="README to rewrite between the bench markers")
     parser.add_argument("--include-smoke", action="store_true",
@@ -146,8 +164,8 @@ def main(argv=None) -> dict[str, str]:
     chosen = latest(load_all(files, args.include_smoke))
     plots: dict[str, Path] = {}
     if args.plots:
-        for (device, benchmark), (_, record) in chosen.items():
-            if benchmark == "ops":
+        for (device, benchmark, path_name), (_, record) in chosen.items():
+            if benchmark == "ops" and path_name in (None, SIMD_PATHS[0]):
                 made = plot_speedups(record, args.plots / f"ops-speedup-{device}.png")
                 if made:
                     plots[device] = made

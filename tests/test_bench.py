@@ -340,6 +340,23 @@ def test_report_picks_the_newest_file_per_device_and_benchmark(ops_record, tmp_p
     assert "new.json" in report.main([str(old), str(new)])["cpu"]
 
 
+def test_report_shows_each_simd_path_beside_the_others(ops_record, tmp_path):
+    _, record = ops_record
+    files = []
+    for name, path_name, date in (("avx512.json", "avx512", "2001"), ("avx2-old.json", "avx2", "2000"),
+                                  ("avx2.json", "avx2", "2002")):
+        machine = {**record["machine"], "simd_path": path_name}
+        files.append(tmp_path / name)
+        files[-1].write_text(json.dumps({**record, "machine": machine, "date": f"{date}-01-01"}))
+    legacy = {**record, "machine": {k: v for k, v in record["machine"].items() if k != "simd_path"},
+              "date": "1999-01-01"}  # before records named their path: an AVX-512 host's
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    cpu = report.main([str(f) for f in files] + [str(tmp_path / "legacy.json")])["cpu"]
+    assert "avx512.json" in cpu and "avx2.json" in cpu
+    assert "avx2-old.json" not in cpu and "legacy.json" not in cpu
+    assert cpu.index("avx512.json") < cpu.index("on the AVX2 kernels") < cpu.index("avx2.json")
+
+
 def test_load_json_refuses_other_files(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text(json.dumps({"hello": 1}))
