@@ -202,16 +202,21 @@ class Context:
             if index % self.world_size == self.rank:
                 yield index, batch
 
+    def all_gather(self, value: Any, what: str) -> list[Any]:
+        """Every rank's (picklable) ``value`` in rank order, on every rank; [value] in one
+        process. ``what`` names the collective in the error if another rank fails."""
+        if not self.active:
+            return [value]
+        everyone: list[Any] = [None] * self.world_size
+        with self._collective(what):
+            torch.distributed.all_gather_object(everyone, value)
+        return everyone
+
     def gather_per_task(self, mine: dict[int, dict[str, Tensor]]) -> dict[str, Tensor]:
         """Every rank's {batch index: {metric: (b,) values}} merged in batch order, on every rank:
         {metric: (num_tasks,)} exactly as one process would have collected them."""
-        if self.active:
-            everyone: list[Any] = [None] * self.world_size
-            with self._collective("gather of the evaluation results"):
-                torch.distributed.all_gather_object(everyone, mine)
-            merged = {index: values for part in everyone for index, values in part.items()}
-        else:
-            merged = mine
+        everyone = self.all_gather(mine, "gather of the evaluation results")
+        merged = {index: values for part in everyone for index, values in part.items()}
         collected: dict[str, list[Tensor]] = {}
         for index in sorted(merged):
             for name, value in merged[index].items():

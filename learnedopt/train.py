@@ -9,8 +9,9 @@ A run directory holds::
     best.pt         the whole algorithm state at the best validation score
 
 Resuming (``train(config, resume=True)``, or :func:`resume` from the run directory alone)
-restores the model, the outer optimizer, the iteration, the task generator and the torch RNG, so
-on the CPU a run interrupted and resumed is bitwise the run that was never interrupted.
+restores the model, the outer optimizer, the iteration, the task generator and the torch RNG
+(every rank's, under torchrun), so on the CPU a run interrupted and resumed is bitwise the run
+that was never interrupted.
 
 One run at a time owns a run directory (learnedopt.rundir: a lock held for the run's life; a
 second run into it is refused naming the holder). SIGINT / SIGTERM and ``time_limit`` stop the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -112,6 +114,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}")
         return cls(**data)
+
+
+def rank_seed(seed: int, rank: int, iteration: int) -> int:
+    """The seed of rank ``rank``'s own global-RNG stream in a job of several ranks, started at
+    ``iteration`` (0, or where a job of another world size resumed)."""
+    digest = hashlib.sha256(f"learnedopt rank {rank} seed {seed} iteration {iteration}".encode())
+    return int.from_bytes(digest.digest()[:8], "little") >> 1  # torch.manual_seed takes < 2^63
 
 
 def meta_optimizer(parameters, lr: float) -> torch.optim.Adam:
@@ -264,6 +273,11 @@ class _Trainer:
         self.optimizer = meta_optimizer(trainable, self.algorithm.outer_lr) if trainable else None
         self.trainable = trainable
         self.generator = torch.Generator(device=self.sampler.device).manual_seed(config.seed)
+        # Every rank built the same meta-parameters from the same seed. From here on each rank's
+        # global RNG (dropout masks, a module's own sampling) is a stream of its own, as the tasks
+        # of one process draw different masks; rank 0 keeps the one-process stream.
+        if self.dist.rank > 0:
+            torch.manual_seed(rank_seed(config.seed, self.dist.rank, 0))
         self.metric, self.higher_is_better = learner.primary_metric
 
         self.iteration = 0
@@ -322,6 +336,15 @@ class _Trainer:
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.dist.rank > 0:
+            ranks = rng.get("ranks")  # every rank's streams, saved by a job of several ranks
+            if ranks is not None and len(ranks) == self.dist.world_size:
+                mine = ranks[self.dist.rank]
+                torch.set_rng_state(mine["torch"])
+                if mine.get("cuda") is not None and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(mine["cuda"], self.device)
+            else:  # saved by one process or another world size: a fresh stream of this rank's
+                torch.manual_seed(rank_seed(self.config.seed, self.dist.rank, self.iteration))
         self.generator.set_state(rng["generator"])
         self.saved["last.pt"] = self.iteration
         if (self.run_dir / "best.pt").is_file():
@@ -329,7 +352,12 @@ class _Trainer:
         if self.dist.is_writer:
             self._write_config()
 
-    def _checkpoint(self) -> dict[str, Any]:
+    def _rank_rng(self) -> dict[str, Any]:
+        """This rank's global RNG streams (its own CUDA device's only)."""
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def _checkpoint(self, ranks_rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         uses_cuda = self.device.type == "cuda"
         return {
             "format": FORMAT,
@@ -344,7 +372,8 @@ class _Trainer:
             "iteration": self.iteration,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if uses_cuda else None,
-                    "generator": self.generator.get_state()},
+                    "generator": self.generator.get_state(),
+                    "ranks": ranks_rng},  # None in one process
             "best": dict(self.best),
             "metrics": list(self.records),
             "window": {"count": self.window["count"], "sums": dict(self.window["sums"])},
@@ -427,8 +456,11 @@ class _Trainer:
             raise self._non_finite(f"the meta-parameters {bad[:5]} became non-finite (NaN or Inf)",
                                    done=True)
         began = time.perf_counter()
+        # Every rank's RNG streams, so that a resumed job continues each one where it stopped.
+        ranks_rng = (self.dist.all_gather(self._rank_rng(), "gather of the ranks' RNG states")
+                     if self.dist.active else None)
         if self.dist.is_writer:  # the other ranks hold the same state and write nothing
-            save_checkpoint(self.run_dir / name, self._checkpoint())
+            save_checkpoint(self.run_dir / name, self._checkpoint(ranks_rng))
         if deadline is not None:
             deadline.record_checkpoint(time.perf_counter() - began)
         self.saved[name] = self.iteration

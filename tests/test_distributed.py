@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnedopt import cli, distributed
+from learnedopt import cli, distributed, train
 from learnedopt.checkpoint import load_checkpoint
 from learnedopt.evaluate import evaluate_checkpoint
 from learnedopt.rundir import RunLock
@@ -245,6 +245,18 @@ def test_checkpoints_resume_under_another_world_size(job, tmp_path):
     shutil.copytree(job["runs"] / "shrink", shrink)
     in_one_process([*TURTLE_SO, "--out", str(shrink), "--resume"])
     assert_equivalent(job["single"] / "turtle", shrink)
+
+
+def test_each_rank_draws_its_own_random_stream_and_checkpoints_keep_them(job):
+    """Dropout masks and any other global-RNG draw differ between ranks (as between the tasks of
+    one process), and a checkpoint holds every rank's stream for --resume."""
+    rng = load_checkpoint(job["runs"] / "turtle" / "last.pt")["rng"]
+    ranks = rng["ranks"]
+    assert len(ranks) == 2 and torch.equal(ranks[0]["torch"], rng["torch"])
+    assert not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    assert load_checkpoint(job["single"] / "turtle" / "last.pt")["rng"]["ranks"] is None
+    seeds = {train.rank_seed(0, rank, iteration) for rank in (1, 2, 3) for iteration in (0, 5)}
+    assert len(seeds) == 6 and all(0 <= s < 2 ** 63 for s in seeds)
 
 
 def test_each_rank_adapts_its_own_slice_of_the_meta_batch():
