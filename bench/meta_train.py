@@ -3,6 +3,7 @@ reference, and the peak memory of one meta-iteration (the unrolled inner loop an
 
     python3 -m bench.meta_train --quick
     python3 -m bench.meta_train --device cuda --data synthetic
+    python3 -m bench.meta_train --cases all      # with the ResNet-12 cases (~20 more minutes on 2 cores)
 
 Cases (SPEC defaults of learnedopt.algorithms for each task family; the numbers are stable):
   1-5: sine TURTLE (second order), sine meta-learner LSTM, and Omniglot 5-way 1-shot with a Conv4
@@ -11,7 +12,8 @@ Cases (SPEC defaults of learnedopt.algorithms for each task family; the numbers 
   6: MetaLSTM++ (meta-batch 4) on Omniglot 5-way 1-shot; 7-8: Omniglot 20-way 1-shot MetaLSTM++
   and TURTLE, where Conv4's convolutions take a larger share; 9-10: ResNet-12 (~8.0 M parameters,
   learnedopt.backbones through from_module) on random 5-way 1-shot 84x84 RGB episodes, TURTLE and
-  the enhanced LSTM, with bench.byom's protocol (meta-batch 1, one inner step). A meta-iteration
+  the enhanced LSTM, with bench.byom's protocol (meta-batch 1, one inner step), run only when
+  asked for (--cases 9,10 or --cases all). A meta-iteration
   is what the training loop does: sample a meta-batch, meta_loss, backward, clip_meta_gradients,
   Adam step.
 Omniglot images come from --data-root (default ../shared/data/omniglot next to the repository,
@@ -68,6 +70,9 @@ CASES = (
     Case("ResNet-12 5-way 1-shot TURTLE", "resnet12", "turtle", "turtle_step"),
     Case("ResNet-12 5-way 1-shot enhanced LSTM", "resnet12", "enhanced-lstm", "meta_lstm_step"),
 )
+# Without --cases: all but the ResNet-12 ones, whose iterations take 15-75 s each on 2 CPU cores
+# (a run of both is ~20 minutes); "--cases all" adds them.
+DEFAULT_CASES = tuple(case for case in CASES if case.task != "resnet12")
 SHOTS, QUERIES = 1, 15
 # Shortest timed sample, in seconds of back-to-back meta-iterations (about ten sine iterations,
 # one Omniglot iteration). Measured on 2 cores: alternating the backends one sine iteration at a
@@ -292,14 +297,17 @@ def parse_args(argv=None):
                         help="Omniglot images: auto = real data if --data-root exists, else synthetic")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                         help=f"Omniglot release folder (default {DEFAULT_DATA_ROOT})")
-    parser.add_argument("--cases", help=f"comma-separated case numbers 1..{len(CASES)} (default all): "
+    parser.add_argument("--cases", help=f"comma-separated case numbers 1..{len(CASES)}, or 'all' (default: all but the "
+                        "ResNet-12 ones): "
                         + "; ".join(f"{i + 1}={c[0]}" for i, c in enumerate(CASES)))
     parser.add_argument("--budget", type=float, help="seconds of samples per case and backend (default 10, 2 with --quick)")
     parser.add_argument("--threads", type=int, help="torch threads on the CPU (default: all cores)")
     parser.add_argument("--out", type=Path, help="result file (default bench/results/...)")
     parser.add_argument("--label", help="a word saved with the result and in its file name")
     args = parser.parse_args(argv)
-    if args.cases:
+    if args.cases == "all":
+        args.cases = list(CASES)
+    elif args.cases:
         try:
             picked = [int(x) for x in args.cases.split(",")]
             if any(not 1 <= k <= len(CASES) for k in picked):
@@ -308,7 +316,7 @@ def parse_args(argv=None):
             parser.error(f"--cases: expected numbers 1..{len(CASES)}, got {args.cases!r}")
         args.cases = [CASES[k - 1] for k in picked]
     else:
-        args.cases = list(CASES)
+        args.cases = list(DEFAULT_CASES)
     return args
 
 
