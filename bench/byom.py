@@ -90,8 +90,23 @@ LEARNER_CASES = (
 # ResNet-12 protocol: 5-way 1-shot, 5 queries per class, meta-batch 1, INNER_STEPS steps: short
 # enough for a CPU, the same for both backends.
 RESNET_TASKS = (5, 1, 5, 3, 84)
+RESNET_CHANNELS = (64, 128, 256, 512)
 RESNET_ALGORITHMS = (("maml", None), ("metasgd", None), ("turtle", "turtle_step"),
                      ("enhanced-lstm", "meta_lstm_step"))
+
+
+def resnet_algorithm(name: str, device, channels=RESNET_CHANNELS, inner_steps: int = 1, **options):
+    """(algorithm, learner): ``name`` on ResNet-12 (learnedopt.backbones through from_module) with
+    this file's protocol (meta-batch 1, ``inner_steps`` inner steps); bench.meta_train's ResNet-12
+    cases use it too."""
+    from learnedopt.algorithms import build_algorithm
+    from learnedopt.backbones import resnet12
+    from learnedopt.learners import from_module
+    torch.manual_seed(0)
+    learner = from_module(resnet12(ways=5, channels=channels), head="head", task_family="images")
+    algorithm = build_algorithm(name, learner, **{"meta_batch_size": 1, "inner_steps": inner_steps,
+                                                  **options}).to(device)
+    return algorithm, learner
 
 
 def _run_case(rows, base, build_fns, device, budget_s, min_samples, log):
@@ -147,9 +162,6 @@ def learner_part(device, cases, budget_s, min_samples, log, on_progress):
 
 
 def resnet_part(device, algorithms, channels, budget_s, min_samples, inner_steps, log, on_progress):
-    from learnedopt.algorithms import build_algorithm
-    from learnedopt.backbones import resnet12
-    from learnedopt.learners import from_module
     rows: list[dict] = []
     for name, op in algorithms:
         case = f"ResNet-12 5-way 1-shot {name}"
@@ -160,11 +172,7 @@ def resnet_part(device, algorithms, channels, budget_s, min_samples, inner_steps
         def build_fns():
             fns, peaks, described = {}, {}, {}
             for backend in backends:
-                torch.manual_seed(0)
-                learner = from_module(resnet12(ways=5, channels=channels), head="head",
-                                      task_family="images")
-                algorithm = build_algorithm(name, learner, meta_batch_size=1,
-                                            inner_steps=inner_steps).to(device)
+                algorithm, learner = resnet_algorithm(name, device, channels, inner_steps)
                 fns[backend] = meta_iteration_fn(algorithm, RandomEpisodes(*RESNET_TASKS),
                                                  "reference" if backend == "none" else backend)
                 peaks[backend] = peak_bytes(fns[backend], device)
@@ -246,7 +254,7 @@ def parse_args(argv=None):
                         + "; ".join(f"{i + 1}={c[0]}" for i, c in enumerate(LEARNER_CASES)))
     parser.add_argument("--algorithms", help="ResNet-12 part: comma-separated algorithms (default "
                         + ",".join(name for name, _ in RESNET_ALGORITHMS) + ")")
-    parser.add_argument("--resnet-channels", default="64,128,256,512",
+    parser.add_argument("--resnet-channels", default=",".join(map(str, RESNET_CHANNELS)),
                         help="ResNet-12 widths (default 64,128,256,512; smaller only for checks)")
     parser.add_argument("--threads", type=int, help="torch threads on the CPU (default: all cores)")
     parser.add_argument("--out", type=Path)

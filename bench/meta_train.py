@@ -3,12 +3,19 @@ reference, and the peak memory of one meta-iteration (the unrolled inner loop an
 
     python3 -m bench.meta_train --quick
     python3 -m bench.meta_train --device cuda --data synthetic
+    python3 -m bench.meta_train --cases all      # with the ResNet-12 cases (~20 more minutes on 2 cores)
 
-Cases (SPEC defaults of learnedopt.algorithms for each task family):
-  sine TURTLE (second order), sine meta-learner LSTM, and Omniglot 5-way 1-shot with a Conv4
+Cases (SPEC defaults of learnedopt.algorithms for each task family; the numbers are stable):
+  1-5: sine TURTLE (second order), sine meta-learner LSTM, and Omniglot 5-way 1-shot with a Conv4
   learner for the meta-learner LSTM, TURTLE and MAML (MAML uses no learned-optimizer op, so it is
-  measured once, as the baseline). A meta-iteration is what the training loop does: sample a
-  meta-batch, meta_loss, backward, clip_meta_gradients, Adam step.
+  measured once, as the baseline);
+  6: MetaLSTM++ (meta-batch 4) on Omniglot 5-way 1-shot; 7-8: Omniglot 20-way 1-shot MetaLSTM++
+  and TURTLE, where Conv4's convolutions take a larger share; 9-10: ResNet-12 (~8.0 M parameters,
+  learnedopt.backbones through from_module) on random 5-way 1-shot 84x84 RGB episodes, TURTLE and
+  the enhanced LSTM, with bench.byom's protocol (meta-batch 1, one inner step), run only when
+  asked for (--cases 9,10 or --cases all). A meta-iteration
+  is what the training loop does: sample a meta-batch, meta_loss, backward, clip_meta_gradients,
+  Adam step.
 Omniglot images come from --data-root (default ../shared/data/omniglot next to the repository,
 used only if it exists) or are random images of the same shape (--data synthetic); the output says
 which.
@@ -22,6 +29,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 if __package__ in (None, ""):  # run as a file: import this checkout's bench and learnedopt
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,15 +45,35 @@ from learnedopt.train import meta_optimizer
 DEFAULT_DATA_ROOT = machine.REPO_ROOT.parent / "shared" / "data" / "omniglot"
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 
-# (case, task, algorithm, the learned-optimizer op the algorithm runs in its inner loop)
+
+
+class Case(NamedTuple):
+    """A benchmark case: ``task`` is the task family ("sine", "omniglot" with ``ways``-way 1-shot
+    Conv4 episodes, or "resnet12": bench.byom's ResNet-12 episodes); ``op`` is the learned-optimizer
+    op the algorithm runs in its inner loop (None: measured once, on the reference backend)."""
+    name: str
+    task: str
+    algorithm: str
+    op: str | None
+    ways: int = 5
+
+
 CASES = (
-    ("sine TURTLE (SO)", "sine", "turtle", "turtle_step"),
-    ("sine meta-learner LSTM", "sine", "metalstm", "meta_lstm_step"),
-    ("Omniglot 5-way 1-shot meta-learner LSTM", "omniglot", "metalstm", "meta_lstm_step"),
-    ("Omniglot 5-way 1-shot TURTLE", "omniglot", "turtle", "turtle_step"),
-    ("Omniglot 5-way 1-shot MAML", "omniglot", "maml", None),
+    Case("sine TURTLE (SO)", "sine", "turtle", "turtle_step"),
+    Case("sine meta-learner LSTM", "sine", "metalstm", "meta_lstm_step"),
+    Case("Omniglot 5-way 1-shot meta-learner LSTM", "omniglot", "metalstm", "meta_lstm_step"),
+    Case("Omniglot 5-way 1-shot TURTLE", "omniglot", "turtle", "turtle_step"),
+    Case("Omniglot 5-way 1-shot MAML", "omniglot", "maml", None),
+    Case("Omniglot 5-way 1-shot MetaLSTM++ (mb 4)", "omniglot", "metalstm++", "meta_lstm_step"),
+    Case("Omniglot 20-way 1-shot MetaLSTM++ (mb 4)", "omniglot", "metalstm++", "meta_lstm_step", 20),
+    Case("Omniglot 20-way 1-shot TURTLE", "omniglot", "turtle", "turtle_step", 20),
+    Case("ResNet-12 5-way 1-shot TURTLE", "resnet12", "turtle", "turtle_step"),
+    Case("ResNet-12 5-way 1-shot enhanced LSTM", "resnet12", "enhanced-lstm", "meta_lstm_step"),
 )
-WAYS, SHOTS, QUERIES = 5, 1, 15
+# Without --cases: all but the ResNet-12 ones, whose iterations take 15-75 s each on 2 CPU cores
+# (a run of both is ~20 minutes); "--cases all" adds them.
+DEFAULT_CASES = tuple(case for case in CASES if case.task != "resnet12")
+SHOTS, QUERIES = 1, 15
 # Shortest timed sample, in seconds of back-to-back meta-iterations (about ten sine iterations,
 # one Omniglot iteration). Measured on 2 cores: alternating the backends one sine iteration at a
 # time made both ~1 ms slower than either runs alone, the fused one relatively more (sine TURTLE
@@ -73,8 +101,12 @@ class SyntheticImageTasks:
         return TaskBatch(*part(self.shots), *part(self.queries))
 
 
-def make_sampler(task: str, data: str, data_root: Path, device: torch.device):
+def make_sampler(task: str, data: str, data_root: Path, device: torch.device, ways: int = 5):
     """(sampler, description of the data actually used)."""
+    if task == "resnet12":
+        from bench.byom import RESNET_TASKS, RandomEpisodes
+        return (RandomEpisodes(*RESNET_TASKS),
+                "random 3x84x84 images, 5-way 1-shot, 5 queries (bench.byom.RESNET_TASKS)")
     if task == "sine":
         from learnedopt.tasks.sine import SineTasks
         return SineTasks(device=device), "sine (SineTasks defaults)"
@@ -88,24 +120,28 @@ def make_sampler(task: str, data: str, data_root: Path, device: torch.device):
             except ImportError as exc:
                 why = f"learnedopt.tasks.omniglot is not importable ({exc})"
         if why is None:
-            sampler = OmniglotTasks(data_root, ways=WAYS, shots=SHOTS, queries=QUERIES,
+            sampler = OmniglotTasks(data_root, ways=ways, shots=SHOTS, queries=QUERIES,
                                     cache_dir=CACHE_DIR, device=device)
-            return sampler, f"real Omniglot from {data_root} ({WAYS}-way {SHOTS}-shot, {QUERIES} queries)"
+            return sampler, f"real Omniglot from {data_root} ({ways}-way {SHOTS}-shot, {QUERIES} queries)"
         if data == "omniglot":
             raise SystemExit(f"--data omniglot: {why}")
         note = f"synthetic random 1x28x28 images ({why})"
     else:
         note = "synthetic random 1x28x28 images (--data synthetic)"
-    return (SyntheticImageTasks(WAYS, SHOTS, QUERIES, device),
-            f"{note}, {WAYS}-way {SHOTS}-shot, {QUERIES} queries")
+    return (SyntheticImageTasks(ways, SHOTS, QUERIES, device),
+            f"{note}, {ways}-way {SHOTS}-shot, {QUERIES} queries")
 
 
-def build(algorithm_name: str, task: str, device: torch.device, options: dict):
-    """The algorithm with its SPEC defaults for the task family (Conv4: 64 filters, padding)."""
+def build(algorithm_name: str, task: str, device: torch.device, options: dict, ways: int = 5):
+    """The algorithm with its SPEC defaults for the task family (Conv4: 64 filters, padding;
+    ResNet-12: bench.byom's learner and protocol)."""
     from learnedopt.algorithms import build_algorithm
     from learnedopt.learners import MLP, Conv4
+    if task == "resnet12":
+        from bench.byom import resnet_algorithm
+        return resnet_algorithm(algorithm_name, device, **options)
     torch.manual_seed(0)
-    learner = MLP() if task == "sine" else Conv4(ways=WAYS, in_shape=(1, 28, 28), filters=64)
+    learner = MLP() if task == "sine" else Conv4(ways=ways, in_shape=(1, 28, 28), filters=64)
     algorithm = build_algorithm(algorithm_name, learner, **options).to(device)
     return algorithm, learner
 
@@ -152,7 +188,7 @@ def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_sa
     except ImportError as exc:
         missing = f"learnedopt.algorithms / learnedopt.learners are not importable yet ({exc})"
     samplers = {}
-    for case, task, algorithm_name, op in cases:
+    for case, task, algorithm_name, op, ways in cases:
         backends = ["fused", "reference"] if op else ["none"]
         base = [{"case": case, "task": task, "algorithm": algorithm_name, "op": op,
                  "backend": backend, "what": f"{case} [{backend}]"} for backend in backends]
@@ -164,13 +200,14 @@ def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_sa
                          "reason": f"no fused {op} kernel for {device.type} in this build"})
             base = base[1:]
         try:
-            if task not in samplers:
-                samplers[task], data_used[task] = make_sampler(task, data, data_root, device)
+            key = task if task != "omniglot" else f"omniglot {ways}-way"
+            if key not in samplers:
+                samplers[key], data_used[key] = make_sampler(task, data, data_root, device, ways)
             fns, peaks = {}, {}
             for row in base:
                 backend = "reference" if row["backend"] == "none" else row["backend"]
-                algorithm, learner = build(algorithm_name, task, device, {})
-                fns[row["backend"]] = meta_iteration_fn(algorithm, samplers[task], backend)
+                algorithm, learner = build(algorithm_name, task, device, {}, ways)
+                fns[row["backend"]] = meta_iteration_fn(algorithm, samplers[key], backend)
                 peaks[row["backend"]] = peak_bytes(fns[row["backend"]], device)
                 described = {"learner_parameters": learner.num_params,
                              "options": _jsonable(algorithm.options())}
@@ -199,7 +236,7 @@ def benchmark(device, cases, data: str, data_root: Path, budget_s: float, min_sa
             rows.append({**row, "status": "ok", "timing": timing.as_dict(),
                          "meta_iterations_per_s": 1.0 / timing.median_s,
                          "peak_bytes": peaks[row["backend"]], **described,
-                         "data": data_used[task]})
+                         "data": data_used[key]})
             log(f"  {row['what']}: {1.0 / timing.median_s:.3g} it/s "
                 f"({results.spread(timing.as_dict())} per iteration, "
                 f"peak {results.mebibytes(peaks[row['backend']])})")
@@ -260,14 +297,17 @@ def parse_args(argv=None):
                         help="Omniglot images: auto = real data if --data-root exists, else synthetic")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                         help=f"Omniglot release folder (default {DEFAULT_DATA_ROOT})")
-    parser.add_argument("--cases", help="comma-separated case numbers 1..5 (default all): "
+    parser.add_argument("--cases", help=f"comma-separated case numbers 1..{len(CASES)}, or 'all' (default: all but the "
+                        "ResNet-12 ones): "
                         + "; ".join(f"{i + 1}={c[0]}" for i, c in enumerate(CASES)))
     parser.add_argument("--budget", type=float, help="seconds of samples per case and backend (default 10, 2 with --quick)")
     parser.add_argument("--threads", type=int, help="torch threads on the CPU (default: all cores)")
     parser.add_argument("--out", type=Path, help="result file (default bench/results/...)")
     parser.add_argument("--label", help="a word saved with the result and in its file name")
     args = parser.parse_args(argv)
-    if args.cases:
+    if args.cases == "all":
+        args.cases = list(CASES)
+    elif args.cases:
         try:
             picked = [int(x) for x in args.cases.split(",")]
             if any(not 1 <= k <= len(CASES) for k in picked):
@@ -276,7 +316,7 @@ def parse_args(argv=None):
             parser.error(f"--cases: expected numbers 1..{len(CASES)}, got {args.cases!r}")
         args.cases = [CASES[k - 1] for k in picked]
     else:
-        args.cases = list(CASES)
+        args.cases = list(DEFAULT_CASES)
     return args
 
 
@@ -295,7 +335,8 @@ def main(argv=None) -> Path:
     def save(rows, data_used, complete=False):
         record["settings"] = {"budget_s": budget, "min_samples": min_samples, "quick": args.quick,
                               "data": data_used, "memory": memory.METHOD[device.type],
-                              "learners": "sine: MLP 1-40-40-1; Omniglot: Conv4, 64 filters, padding 1"}
+                              "learners": "sine: MLP 1-40-40-1; Omniglot: Conv4, 64 filters, padding 1; "
+                                          "resnet12: learnedopt.backbones.resnet12 (from_module)"}
         record["results"], record["complete"] = rows, complete
         results.write_json(record, path)
 

@@ -274,6 +274,28 @@ def test_missing_omniglot_falls_back_to_synthetic_with_the_reason(tmp_path):
         meta_train.make_sampler("omniglot", "omniglot", tmp_path / "absent", CPU)
 
 
+def test_meta_train_case_numbers_and_defaults():
+    # Cases 1-5 keep their numbers (the README and reports refer to them); ResNet-12 runs on request.
+    names = [case.name for case in meta_train.CASES]
+    assert names[:5] == ["sine TURTLE (SO)", "sine meta-learner LSTM",
+                         "Omniglot 5-way 1-shot meta-learner LSTM", "Omniglot 5-way 1-shot TURTLE",
+                         "Omniglot 5-way 1-shot MAML"]
+    default = meta_train.parse_args([]).cases
+    assert all(case.task != "resnet12" for case in default) and len(default) == 8
+    assert meta_train.parse_args(["--cases", "all"]).cases == list(meta_train.CASES)
+    assert [c.ways for c in meta_train.parse_args(["--cases", "7,8"]).cases] == [20, 20]
+    with pytest.raises(SystemExit):
+        meta_train.parse_args(["--cases", "11"])
+
+
+def test_meta_train_20_way_sampler_has_20_classes(tmp_path):
+    sampler, note = meta_train.make_sampler("omniglot", "synthetic", tmp_path, CPU, ways=20)
+    batch = sampler.sample(1, torch.Generator().manual_seed(0))
+    assert batch.x_support.shape == (1, 20, 1, 28, 28) and "20-way" in note
+    algorithm, learner = meta_train.build("metalstm++", "omniglot", CPU, {}, ways=20)
+    assert learner.ways == 20 and algorithm.meta_batch_size == 4
+
+
 def test_optimizer_result_file(tmp_path):
     out = tmp_path / "opt.json"
     bench_optimizer.main(["--tensors", "4", "--width", "8", "--budget", "0.01", "--threads", "1",

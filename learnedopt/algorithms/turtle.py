@@ -50,13 +50,16 @@ class Turtle(EpisodicAlgorithm):
         return grad  # the clamp runs inside the fused step (turtle_step's grad_clamp)
 
     def _init_state(self, theta):
-        return theta.new_zeros(theta.numel())  # m; turtle_step starts the average at g_0 itself
+        # (m, alpha for every task's row). m: turtle_step starts the average at g_0 itself.
+        # alpha is repeated once per inner loop, not once per step: the B tasks' coordinates go
+        # through one call of the fused step as B*n coordinates, each task's row paired with the
+        # same alpha, and one repeat (one autograd node) serves all T steps.
+        tasks = theta.shape[0]
+        return theta.new_zeros(theta.numel()), self.alpha.repeat(tasks)
 
     def _step(self, theta, grad, loss, state, t, steps):
-        # The rule is coordinate-wise, so the B tasks' coordinates go through one call of the
-        # fused step as B*n coordinates, each task's row paired with the same alpha.
         tasks = theta.shape[0]
+        m, alpha = state
         clamp = clamp_for(steps, self._options["grad_clamp"])
-        theta_new, m = self.rule(theta.reshape(-1), grad.reshape(-1), state, t,
-                                 self.alpha.repeat(tasks), grad_clamp=clamp)
-        return theta_new.view(tasks, -1), m
+        theta_new, m = self.rule(theta.reshape(-1), grad.reshape(-1), m, t, alpha, grad_clamp=clamp)
+        return theta_new.view(tasks, -1), (m, alpha)
