@@ -288,8 +288,9 @@ class Conv4(Learner):
     ``filters``·25 for 3×84×84. Batch-norm scale and shift are part of theta.
     ``grouped``: run a batch of tasks as one grouped convolution (True), one task at a time
     (False), or None: grouped on CUDA, one at a time on the CPU, where the grouped path is the
-    slower of the two (re-measured with torch 2.13 in channels-last: a 5-way 1-shot 3×84×84
-    TURTLE meta-iteration, meta-batch 2, took 3.8 s grouped against 3.45 s one task at a time).
+    slower of the two (re-checked with torch 2.13 in channels-last, one rough sequential run on a
+    quiet 2-core host: a 5-way 1-shot 3×84×84 TURTLE meta-iteration, meta-batch 2, took about
+    3.8 s grouped against 3.45 s one task at a time).
     ``channels_last``: run the activations and filters in torch.channels_last (NHWC), the
     layout oneDNN's convolutions and the CPU's batch-norm and max-pool kernels take without
     reordering (True), in torch's default NCHW (False), or None: channels-last on the CPU,
