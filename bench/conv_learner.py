@@ -105,12 +105,16 @@ def synthetic_batch(tasks: int, shots: int, generator: torch.Generator) -> TaskB
     return TaskBatch(*part(shots), *part(QUERIES))
 
 
+# Conv4 options of the package's learner (--grouped / --channels-last; None: Conv4's default).
+LEARNER_OPTIONS: dict = {}
+
+
 def build(algorithm_name: str, filters: int, options: dict):
     from learnedopt.algorithms import build_algorithm
     from learnedopt.learners import Conv4
     torch.manual_seed(0)
-    return build_algorithm(algorithm_name, Conv4(ways=WAYS, in_shape=IMAGE, filters=filters),
-                           **options)
+    learner = Conv4(ways=WAYS, in_shape=IMAGE, filters=filters, **LEARNER_OPTIONS)
+    return build_algorithm(algorithm_name, learner, **options)
 
 
 def iteration_fn(algorithm, batches, variant: str):
@@ -210,6 +214,10 @@ def parse_args(argv=None):
                         + "; ".join(f"{i + 1}={c[0]}" for i, c in enumerate(CASES)))
     parser.add_argument("--budget", type=float,
                         help="seconds of samples per case and variant (default 30, 6 with --quick)")
+    for name in ("grouped", "channels-last"):
+        parser.add_argument(f"--{name}", choices=["auto", "true", "false"], default="auto",
+                            help=f"the package Conv4's {name.replace('-', '_')} option "
+                                 "(default auto: Conv4's own default)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, help="result file (default bench/results/...)")
     parser.add_argument("--label", help="a word saved with the result and in its file name")
@@ -239,7 +247,12 @@ def main(argv=None) -> Path:
           f"# {ops.describe()}")
     path = args.out or results.default_path(record, args.label)
     from learnedopt.learners import Conv4
-    package = Conv4(WAYS, IMAGE).config()
+    LEARNER_OPTIONS.clear()
+    for name in ("grouped", "channels_last"):
+        value = getattr(args, name)
+        if value != "auto":
+            LEARNER_OPTIONS[name] = value == "true"
+    package = Conv4(WAYS, IMAGE, **LEARNER_OPTIONS).config()
 
     def save(rows, complete=False):
         record["settings"] = {"budget_s": budget, "min_samples": min_samples, "quick": args.quick,

@@ -415,7 +415,7 @@ def test_conv_learner_result_file(tmp_path, monkeypatch):
     monkeypatch.setattr(conv_learner, "QUERIES", 2)
     out = tmp_path / "conv.json"
     conv_learner.main(["--quick", "--cases", "2", "--budget", "0.01", "--threads", "1",
-                       "--out", str(out)])
+                       "--channels-last", "false", "--out", str(out)])
     record = json.loads(out.read_text())
     check_header(record, "conv_learner")
     check_rows(record["results"])
@@ -425,4 +425,5 @@ def test_conv_learner_result_file(tmp_path, monkeypatch):
     for r in ok:
         assert r["timing"]["median_s"] > 0 and r["speedup_vs_eager"] > 0
         assert r["options"]["inner_steps"] == 8 and r["learner"]["name"] == "conv4"
+        assert r["learner"]["channels_last"] is False
     assert "Conv learner, CPU" in results.render(record)
