@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("ops", "meta_train", "optimizer", "byom", "distributed")
+BENCHMARKS = ("ops", "meta_train", "optimizer", "byom", "distributed", "conv_learner")
 
 
 def default_path(record: dict, label: str | None = None) -> Path:

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from bench import machine, memory, meta_train, ops as bench_ops, optimizer as bench_optimizer, report, results
+from bench import conv_learner, machine, memory, meta_train, ops as bench_ops, optimizer as bench_optimizer, report, results
 from bench.timing import measure, measure_interleaved
 from learnedopt import _extension, ops, reference
 
@@ -447,3 +447,22 @@ def test_every_cpu_record_names_its_simd_path_and_fma_peak(monkeypatch):
               "git_commit": "0" * 40}
     line = results.machine_line(record)
     assert f"{best} kernels" in line and ("GFLOP/s" in line) == (_extension._C is not None)
+
+
+def test_conv_learner_result_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(conv_learner, "IMAGE", (3, 16, 16))  # the harness, not 84×84 timings
+    monkeypatch.setattr(conv_learner, "QUERIES", 2)
+    out = tmp_path / "conv.json"
+    conv_learner.main(["--quick", "--cases", "2", "--budget", "0.01", "--threads", "1",
+                       "--channels-last", "false", "--out", str(out)])
+    record = json.loads(out.read_text())
+    check_header(record, "conv_learner")
+    check_rows(record["results"])
+    ok = [r for r in record["results"] if r["status"] == "ok"]
+    assert {r["variant"] for r in record["results"]} == set(conv_learner.VARIANTS)
+    assert "eager" in {r["variant"] for r in ok}
+    for r in ok:
+        assert r["timing"]["median_s"] > 0 and r["speedup_vs_eager"] > 0
+        assert r["options"]["inner_steps"] == 8 and r["learner"]["name"] == "conv4"
+        assert r["learner"]["channels_last"] is False
+    assert "Conv learner, CPU" in results.render(record)
