@@ -20,6 +20,15 @@ TORCH_LIBRARY(learnedopt, m) {
       "Tensor i_prev, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor w_f, Tensor b_f, "
       "Tensor w_i, Tensor b_i, float p, float log_eps, bool strict) "
       "-> (Tensor theta_new, Tensor h_new, Tensor c_new, Tensor f, Tensor i)");
+  // The forward with the recurrent state updated in place (h, c, f_prev, i_prev <- h_new, c_new,
+  // f, i), theta_new returned: for optimizer steps, which need no autograd and keep their state.
+  // It spares the allocation of the (n, H) outputs, whose fresh pages cost as much as the math at
+  // large n on the CPU. Not differentiable.
+  m.def(
+      "meta_lstm_step_inplace(Tensor theta, Tensor grad, Tensor loss, Tensor(a!) h, Tensor(b!) c, "
+      "Tensor(c!) f_prev, Tensor(d!) i_prev, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, "
+      "Tensor w_f, Tensor b_f, Tensor w_i, Tensor b_i, float p, float log_eps, bool strict) "
+      "-> Tensor theta_new");
   m.def(
       "meta_lstm_step_backward(Tensor grad_theta_new, Tensor grad_h_new, Tensor grad_c_new, "
       "Tensor grad_f, Tensor grad_i, Tensor theta, Tensor grad, Tensor loss, Tensor h, Tensor c, "

@@ -352,3 +352,77 @@ def test_edge_values_nan_and_weight_gradient_determinism(device):
     first, second = run("fused", inputs, g), run("fused", inputs, g)
     for a, b in zip(first[0] + first[1], second[0] + second[1]):
         assert torch.equal(a, b)
+
+
+# ---- meta_lstm_step_inplace: the optimizers' step, state written over itself ----------------
+
+STATE = (3, 4, 5, 6)  # h, c, f_prev, i_prev
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hidden,input_size,tasks", [(20, 4, 1), (20, 4, 3), (7, 1, 1), (64, 4, 5)])
+def test_inplace_step_equals_the_functional_one(hidden, input_size, tasks, dtype, device):
+    inputs = make_inputs(2055, hidden, input_size, dtype, seed=31 + hidden, device=device)
+    if tasks > 1:  # one loss per task segment
+        inputs[2] = torch.rand(tasks, generator=torch.Generator().manual_seed(5), dtype=dtype).to(device) + 0.1
+    for backend in ("fused", "reference"):
+        with ops.use_backend(backend):
+            expected = ops.meta_lstm_step(*inputs)
+            state = [t.clone() for t in inputs]
+            theta_new = ops.meta_lstm_step_inplace(*state)
+        # The same kernel (or reference) on the same inputs: bitwise the functional outputs.
+        for got, want, name in zip([theta_new, *(state[k] for k in STATE)], expected,
+                                   ("theta_new", "h", "c", "f", "i")):
+            assert torch.equal(got, want), (backend, name)
+        for k in set(range(len(inputs))) - set(STATE):  # everything else untouched
+            assert torch.equal(state[k], inputs[k]), (backend, INPUT_NAMES[k])
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_inplace_step_on_every_cpu_capability(capability):
+    inputs = make_inputs(1037, 20, 4, torch.float32, seed=33)
+    with ops.use_backend("fused"), cpu_capability(capability):
+        expected = ops.meta_lstm_step(*inputs)
+        state = [t.clone() for t in inputs]
+        theta_new = ops.meta_lstm_step_inplace(*state)
+    assert torch.equal(theta_new, expected[0])
+    for k, want in zip(STATE, expected[1:]):
+        assert torch.equal(state[k], want), INPUT_NAMES[k]
+
+
+def test_opcheck_inplace(device):
+    for input_size in (4, 1):
+        inputs = make_inputs(9, 5, input_size, torch.float64, seed=34, device=device)
+        torch.library.opcheck(torch.ops.learnedopt.meta_lstm_step_inplace.default,
+                              (*inputs, 10.0, 0.0, False))
+
+
+def inplace_bad_cases():
+    def replaced(k, value):
+        return lambda inputs: inputs[:k] + [value(inputs)] + inputs[k + 1:]
+
+    return [
+        ("non-contiguous h", replaced(3, lambda i: i[3].t().contiguous().t()), "h is updated in place and must be contiguous"),
+        ("c is h", replaced(4, lambda i: i[3]), "h is updated in place but shares memory with c"),
+        ("f_prev is theta", replaced(5, lambda i: i[0]), "f_prev is updated in place but shares memory with theta"),
+        ("i_prev inside grad", replaced(6, lambda i: i[1][:]), "i_prev is updated in place but shares memory with grad"),
+    ]
+
+
+@pytest.mark.parametrize("case", inplace_bad_cases(), ids=lambda c: c[0])
+def test_inplace_step_refuses_state_it_cannot_write(case, device):
+    _, corrupt, message = case
+    inputs = corrupt(make_inputs(6, 4, 4, torch.float32, seed=35, device=device))
+    before = [t.clone() for t in inputs]
+    with ops.use_backend("fused"), pytest.raises(ValueError, match=message):
+        ops.meta_lstm_step_inplace(*inputs)
+    with pytest.raises(RuntimeError, match=message):  # the C++ glue, when the wrapper is bypassed
+        torch.ops.learnedopt.meta_lstm_step_inplace(*inputs, 10.0, 0.0, False)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, before))  # nothing was written
+
+
+def test_inplace_step_has_no_backward():
+    inputs = make_inputs(6, 4, 4, torch.float32, seed=36)
+    inputs[3].requires_grad_(True)
+    with pytest.raises(RuntimeError, match="h requires grad; the in-place step has no backward"):
+        ops.meta_lstm_step_inplace(*inputs)

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <array>
 #include <tuple>
@@ -95,6 +96,24 @@ inline void check_meta_lstm_output_grads(const char* op, at::TensorList grads, a
   }
 }
 
+// meta_lstm_step_inplace writes h_new, c_new, f and i over h, c, f_prev and i_prev (the inputs in
+// schema order): each must be contiguous, as the kernels write it, and share no memory with any
+// other input, which the kernels read while they write.
+inline void check_meta_lstm_inplace_state(const char* op, at::TensorList in) {
+  for (int k : {3, 4, 5, 6}) {
+    const char* name = kMetaLSTMInputNames[k];
+    TORCH_CHECK(in[k].is_contiguous(), "learnedopt::", op, ": ", name, " is updated in place and "
+                "must be contiguous (got strides ", in[k].strides(), ")");
+    TORCH_CHECK(at::has_internal_overlap(in[k]) != at::MemOverlap::Yes, "learnedopt::", op, ": ",
+                name, " is updated in place, but some of its elements share memory");
+    for (int j = 0; j < kMetaLSTMInputs; ++j) {
+      TORCH_CHECK(j == k || at::get_overlap_status(in[k], in[j]) == at::MemOverlapStatus::No,
+                  "learnedopt::", op, ": ", name, " is updated in place but shares memory with ",
+                  kMetaLSTMInputNames[j]);
+    }
+  }
+}
+
 // The five outputs of meta_lstm_step for the contiguous inputs `in` (schema order).
 struct MetaLSTMOutputs {
   at::Tensor theta_new, h_new, c_new, f, i;
@@ -102,6 +121,12 @@ struct MetaLSTMOutputs {
   explicit MetaLSTMOutputs(const std::vector<at::Tensor>& in)
       : theta_new(at::empty_like(in[0])), h_new(at::empty_like(in[3])),
         c_new(at::empty_like(in[4])), f(at::empty_like(in[0])), i(at::empty_like(in[0])) {}
+
+  // meta_lstm_step_inplace's: a fresh theta_new, the state written over itself. Safe with the
+  // CPU kernels, which load each group of coordinates whole before they store it.
+  struct OverState {};
+  MetaLSTMOutputs(const std::vector<at::Tensor>& in, OverState)
+      : theta_new(at::empty_like(in[0])), h_new(in[3]), c_new(in[4]), f(in[5]), i(in[6]) {}
 };
 
 // What the backward kernels write for the contiguous inputs `in`: the per-coordinate gradients

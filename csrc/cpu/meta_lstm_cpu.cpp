@@ -95,6 +95,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
   return {out.theta_new, out.h_new, out.c_new, out.f, out.i};
 }
 
+at::Tensor meta_lstm_step_inplace(
+    const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& h,
+    const at::Tensor& c, const at::Tensor& f_prev, const at::Tensor& i_prev, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f,
+    const at::Tensor& b_f, const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps,
+    bool strict) {
+  const char* op = "meta_lstm_step_inplace";
+  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
+                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
+  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw, p, log_eps);
+  check_meta_lstm_inplace_state(op, raw);
+  const std::vector<at::Tensor> in = contiguous_all(raw);  // the state as it is (contiguous)
+  MetaLSTMOutputs out(in, MetaLSTMOutputs::OverState{});
+  if (theta.scalar_type() == at::kFloat) {
+    run_forward<float>(in, s, p, log_eps, strict, out);
+  } else {
+    run_forward<double>(in, s, p, log_eps, strict, out);
+  }
+  return out.theta_new;
+}
+
 // One kernel run per task segment, each writing its row of out.flat; `partials` is sized for one
 // segment and reused.
 template <typename S>
@@ -153,6 +174,7 @@ MetaLSTMInputGrads meta_lstm_step_backward(
 
 TORCH_LIBRARY_IMPL(learnedopt, CPU, m) {
   m.impl("meta_lstm_step", &meta_lstm_step);
+  m.impl("meta_lstm_step_inplace", &meta_lstm_step_inplace);
   m.impl("meta_lstm_step_backward", &meta_lstm_step_backward);
 }
 

@@ -63,6 +63,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm
   return {out.theta_new, out.h_new, out.c_new, out.f, out.i};
 }
 
+// On CUDA the op computes out of place and copies into the state: the caching allocator makes
+// the fresh outputs cheap there (the CPU's page faults are what the in-place variant avoids), and
+// the CUDA kernels' reads and writes of one coordinate are not ordered for in-place use.
+at::Tensor meta_lstm_step_inplace_cuda(
+    const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& h,
+    const at::Tensor& c, const at::Tensor& f_prev, const at::Tensor& i_prev, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f,
+    const at::Tensor& b_f, const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps,
+    bool strict) {
+  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
+                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
+  check_meta_lstm_inplace_state("meta_lstm_step_inplace", raw);
+  auto [theta_new, h_new, c_new, f, i] = meta_lstm_step_cuda(
+      theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i, p,
+      log_eps, strict);
+  h.copy_(h_new);
+  c.copy_(c_new);
+  f_prev.copy_(f);
+  i_prev.copy_(i);
+  return theta_new;
+}
+
 MetaLSTMInputGrads meta_lstm_step_backward_cuda(
     const at::Tensor& g_theta_new, const at::Tensor& g_h_new, const at::Tensor& g_c_new,
     const at::Tensor& g_f, const at::Tensor& g_i, const at::Tensor& theta, const at::Tensor& grad,
@@ -114,6 +136,7 @@ MetaLSTMInputGrads meta_lstm_step_backward_cuda(
 
 TORCH_LIBRARY_IMPL(learnedopt, CUDA, m) {
   m.impl("meta_lstm_step", &meta_lstm_step_cuda);
+  m.impl("meta_lstm_step_inplace", &meta_lstm_step_inplace_cuda);
   m.impl("meta_lstm_step_backward", &meta_lstm_step_backward_cuda);
 }
 

@@ -5,6 +5,7 @@
     ops.set_backend("reference")    # or "fused" / "auto" (default)
     ops.preprocess(g)               # SPEC §1
     ops.meta_lstm_step(...)         # SPEC §2
+    ops.meta_lstm_step_inplace(...) # the same, state updated in place (optimizer steps)
     ops.turtle_step(...)            # SPEC §3
 
 Path of a call: this wrapper checks its arguments, then either runs ``torch.ops.learnedopt.<op>``
@@ -18,7 +19,7 @@ from learnedopt import _extension
 from learnedopt.ops import _vmap
 from learnedopt.ops._backend import (BACKENDS, available, describe, get_backend, set_backend,
                                      use_backend)
-from learnedopt.ops.meta_lstm import meta_lstm_step
+from learnedopt.ops.meta_lstm import meta_lstm_step, meta_lstm_step_inplace
 from learnedopt.ops.preprocess import preprocess
 from learnedopt.ops.turtle import turtle_step
 
@@ -26,4 +27,4 @@ if _extension._C is not None:
     _vmap.register()
 
 __all__ = ["BACKENDS", "available", "describe", "get_backend", "set_backend", "use_backend",
-           "preprocess", "meta_lstm_step", "turtle_step"]
+           "preprocess", "meta_lstm_step", "meta_lstm_step_inplace", "turtle_step"]

@@ -80,6 +80,67 @@ def meta_lstm_step(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tens
     return reference.meta_lstm_step(*args, p, log_eps, strict)
 
 
+STATE_NAMES = ("h", "c", "f_prev", "i_prev")  # what meta_lstm_step_inplace writes over
+
+
+def _check_inplace_state(args: tuple) -> None:
+    op = "meta_lstm_step_inplace"
+    named = dict(zip(INPUT_NAMES, args))
+    for name in STATE_NAMES:
+        t = named[name]
+        if t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"learnedopt.ops.{op}: {name} requires grad; the in-place step has "
+                               f"no backward (use meta_lstm_step, which returns new tensors)")
+        if not t.is_contiguous():
+            raise ValueError(f"learnedopt.ops.{op}: {name} is updated in place and must be "
+                             f"contiguous (got strides {t.stride()})")
+        for other, u in named.items():
+            if other != name and _shares_memory(t, u):
+                raise ValueError(f"learnedopt.ops.{op}: {name} is updated in place but shares "
+                                 f"memory with {other}")
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    if a.device.type == "meta" or a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    # The same storage: overlapping byte ranges (contiguous a; b's span from its strides).
+    a0 = a.data_ptr()
+    a1 = a0 + a.numel() * a.element_size()
+    b0 = b.data_ptr()
+    b1 = b0 + (1 + sum((n - 1) * st for n, st in zip(b.shape, b.stride()))) * b.element_size()
+    return a0 < b1 and b0 < a1
+
+
+def meta_lstm_step_inplace(theta: Tensor, grad: Tensor, loss: Tensor, h: Tensor, c: Tensor,
+                           f_prev: Tensor, i_prev: Tensor, w_ih: Tensor, w_hh: Tensor,
+                           b_ih: Tensor, b_hh: Tensor, w_f: Tensor, b_f: Tensor, w_i: Tensor,
+                           b_i: Tensor, p: float = 10.0, log_eps: float = 0.0,
+                           strict: bool = False) -> Tensor:
+    """:func:`meta_lstm_step` with the recurrent state updated in place: ``h``, ``c``,
+    ``f_prev`` and ``i_prev`` are overwritten by h_new, c_new, f and i; returns theta_new.
+
+    For optimizer steps (``LSTMOptimizer``), which need no gradient through the step and keep
+    their state: on the CPU the fused kernel writes the state where it is, so a step allocates
+    only theta_new, where the functional op's fresh (n, H) outputs cost page faults on every call
+    at large n (above glibc's mmap threshold each one is new, zeroed memory). The values are
+    exactly those of :func:`meta_lstm_step`. The four state tensors must be contiguous and share
+    no memory with any input; none may require grad under autograd (there is no backward).
+    """
+    args = (theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i)
+    _check(*args, p, log_eps, op="meta_lstm_step_inplace")
+    _check_inplace_state(args)
+    if _backend.use_fused(theta.device, "meta_lstm_step"):
+        return torch.ops.learnedopt.meta_lstm_step_inplace(*args, float(p), float(log_eps),
+                                                           bool(strict))
+    theta_new, h_new, c_new, f, i = reference.meta_lstm_step(*args, p, log_eps, strict)
+    with torch.no_grad():
+        for state, new in zip((h, c, f_prev, i_prev), (h_new, c_new, f, i)):
+            state.copy_(new)
+    return theta_new
+
+
 # Fake kernels: shapes for torch.compile and the meta device. Autograd is registered in C++
 # (csrc/autograd/), with the CPU and CUDA kernels.
 if _extension._C is not None:
@@ -91,6 +152,11 @@ if _extension._C is not None:
         # Contiguous outputs whatever the inputs' strides, as the kernels return them.
         return (theta.new_empty(theta.shape), h.new_empty(h.shape), c.new_empty(c.shape),
                 theta.new_empty(theta.shape), theta.new_empty(theta.shape))
+
+    @torch.library.register_fake("learnedopt::meta_lstm_step_inplace")
+    def _(theta, grad, loss, h, c, *rest):
+        _check(theta, grad, loss, h, c, *rest[:-1], op="meta_lstm_step_inplace")
+        return theta.new_empty(theta.shape)
 
     @torch.library.register_fake("learnedopt::meta_lstm_step_backward")
     def _(g_theta, g_h, g_c, g_f, g_i, *inputs_and_args):

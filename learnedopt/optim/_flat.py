@@ -238,6 +238,9 @@ class FlatOptimizer(torch.optim.Optimizer):
     """
 
     KIND: str = ""
+    # State buffers a step overwrites in place (rather than replacing them by new tensors):
+    # state_dict copies them to stay a snapshot.
+    IN_PLACE_STATE: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]):
         self._flat: list[FlatGroup] = []
@@ -378,14 +381,16 @@ class FlatOptimizer(torch.optim.Optimizer):
         """torch.optim layout: per-parameter state (views of the flat buffers, shaped like the
         parameter plus trailing dims) keyed by the parameter's index, and the group options.
 
-        The buffers a step produces are new tensors, so a state_dict is a snapshot: later steps do
-        not change it (``alpha`` excepted, which no step changes anyway).
+        The buffers a step produces are new tensors, and those it writes in place
+        (``IN_PLACE_STATE``) are copied here, so a state_dict is a snapshot: later steps do not
+        change it (``alpha`` excepted, which no step changes anyway).
         """
         state: dict[int, dict[str, Tensor]] = {}
         groups = []
         index = 0
         for flat, group in zip(self._flat, self.param_groups):
-            per_name = {name: flat.views(buffer) for name, buffer in flat.state.items()}
+            per_name = {name: flat.views(buffer.clone() if name in self.IN_PLACE_STATE else buffer)
+                        for name, buffer in flat.state.items()}
             step = torch.tensor(float(flat.step))
             ids = []
             for k in range(len(flat.params)):

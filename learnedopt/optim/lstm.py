@@ -40,6 +40,7 @@ class LSTMOptimizer(FlatOptimizer):
     """
 
     KIND = "metalstm"
+    IN_PLACE_STATE = ("h", "c", "f", "i")  # meta_lstm_step_inplace writes them (no mask)
 
     def __init__(self, params: Iterable, rule: MetaLSTMRule | None = None, lr: float = 1.0):
         rule = MetaLSTMRule() if rule is None else rule
@@ -64,9 +65,17 @@ class LSTMOptimizer(FlatOptimizer):
             loss = flat.param.new_zeros(())
         s = flat.state
         rule = self.rule
+        weights = self._weights.get(flat.device, flat.dtype)
+        if flat.mask is None:
+            # Every coordinate steps: the state is written where it is (no (n, H) outputs to
+            # allocate, whose fresh pages cost as much as the math at this size on the CPU).
+            theta = ops.meta_lstm_step_inplace(flat.param, flat.grad, loss, s["h"], s["c"], s["f"],
+                                               s["i"], *weights, rule.p, rule.log_eps, rule.strict)
+            flat.apply_update(theta, group["lr"])
+            return
         theta, h, c, f, i = ops.meta_lstm_step(
             flat.param, flat.grad, loss, s["h"], s["c"], s["f"], s["i"],
-            *self._weights.get(flat.device, flat.dtype), rule.p, rule.log_eps, rule.strict)
+            *weights, rule.p, rule.log_eps, rule.strict)
         flat.state = {"h": flat.keep_skipped(h, s["h"]), "c": flat.keep_skipped(c, s["c"]),
                       "f": flat.keep_skipped(f, s["f"]), "i": flat.keep_skipped(i, s["i"])}
         flat.apply_update(theta, group["lr"])

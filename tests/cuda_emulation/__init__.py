@@ -20,7 +20,8 @@ SKIP_PREFIX = "CUDA emulation unavailable"
 REQUIRE_VARIABLE = "LEARNEDOPT_REQUIRE_EMULATION"
 # A prebuilt library to load instead of building one (the mutation check's mutants).
 LIBRARY_VARIABLE = "LEARNEDOPT_EMULATION_LIBRARY"
-OPS = ("preprocess", "preprocess_backward", "meta_lstm_step", "meta_lstm_step_backward", "turtle_step",
+OPS = ("preprocess", "preprocess_backward", "meta_lstm_step", "meta_lstm_step_backward",
+       "meta_lstm_step_inplace", "turtle_step",
        "turtle_step_backward")
 
 _loaded: bool | None = None
