@@ -260,11 +260,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path)
     parser.add_argument("--label")
     args = parser.parse_args(argv)
-    try:
-        args.cases = ([LEARNER_CASES[int(k) - 1] for k in args.cases.split(",")] if args.cases
-                      else list(LEARNER_CASES))
-    except (ValueError, IndexError):
-        parser.error(f"--cases: expected numbers 1..{len(LEARNER_CASES)}, got {args.cases!r}")
+    args.cases = results.pick_cases(parser, args.cases, LEARNER_CASES)
     known = dict(RESNET_ALGORITHMS)
     names = args.algorithms.split(",") if args.algorithms else list(known)
     if any(n not in known for n in names):

@@ -222,16 +222,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, help="result file (default bench/results/...)")
     parser.add_argument("--label", help="a word saved with the result and in its file name")
     args = parser.parse_args(argv)
-    if args.cases:
-        try:
-            picked = [int(x) for x in args.cases.split(",")]
-            if any(not 1 <= k <= len(CASES) for k in picked):
-                raise ValueError
-        except ValueError:
-            parser.error(f"--cases: expected numbers 1..{len(CASES)}, got {args.cases!r}")
-        args.cases = [CASES[k - 1] for k in picked]
-    else:
-        args.cases = list(CASES)
+    args.cases = results.pick_cases(parser, args.cases, CASES)
     return args
 
 

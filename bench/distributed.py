@@ -153,13 +153,7 @@ def parse_args(argv=None):
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        args.cases = ([int(k) - 1 for k in args.cases.split(",")] if args.cases
-                      else list(range(len(CASES))))
-        for k in args.cases:
-            CASES[k]
-    except (ValueError, IndexError):
-        parser.error(f"--cases: expected numbers 1..{len(CASES)}, got {args.cases!r}")
+    args.cases = results.pick_cases(parser, args.cases, range(len(CASES)))  # indices into CASES
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     return args

@@ -16,6 +16,23 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("ops", "meta_train", "optimizer", "byom", "distributed", "conv_learner")
 
 
+def pick_cases(parser, text: str | None, cases, default=None) -> list:
+    """The cases a benchmark's ``--cases`` names: comma-separated numbers 1..len(cases), or
+    "all"; without one, ``default`` (every case when None). Anything else is a parser error."""
+    cases = list(cases)
+    if not text:
+        return list(cases if default is None else default)
+    if text == "all":
+        return cases
+    try:
+        picked = [int(x) for x in text.split(",")]
+        if any(not 1 <= k <= len(cases) for k in picked):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--cases: expected numbers 1..{len(cases)}, got {text!r}")
+    return [cases[k - 1] for k in picked]
+
+
 def default_path(record: dict, label: str | None = None) -> Path:
     """bench/results/<benchmark>-<device>[-<label>]-<UTC date-time>.json"""
     stamp = record["date"].replace(":", "").replace("-", "").replace("+0000", "Z")
