@@ -76,22 +76,32 @@ void run_forward(const std::vector<at::Tensor>& in, const MetaLSTMShape& s, doub
   }
 }
 
+// The checks, then the kernels for the inputs `raw` (schema order): into fresh outputs, or with
+// `over_state` (meta_lstm_step_inplace) over the state itself.
+MetaLSTMOutputs forward_call(const char* op, const std::vector<at::Tensor>& raw, double p,
+                             double log_eps, bool strict, bool over_state) {
+  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw, p, log_eps);
+  if (over_state) check_meta_lstm_inplace_state(op, raw);
+  const std::vector<at::Tensor> in = contiguous_all(raw);  // the state as it is when over_state
+  MetaLSTMOutputs out = over_state ? MetaLSTMOutputs(in, MetaLSTMOutputs::OverState{})
+                                   : MetaLSTMOutputs(in);
+  if (raw[0].scalar_type() == at::kFloat) {
+    run_forward<float>(in, s, p, log_eps, strict, out);
+  } else {
+    run_forward<double>(in, s, p, log_eps, strict, out);
+  }
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> meta_lstm_step(
     const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& loss, const at::Tensor& h,
     const at::Tensor& c, const at::Tensor& f_prev, const at::Tensor& i_prev, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f,
     const at::Tensor& b_f, const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps,
     bool strict) {
-  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
-                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
-  const MetaLSTMShape s = check_meta_lstm_inputs("meta_lstm_step", raw, p, log_eps);
-  const std::vector<at::Tensor> in = contiguous_all(raw);
-  MetaLSTMOutputs out(in);
-  if (theta.scalar_type() == at::kFloat) {
-    run_forward<float>(in, s, p, log_eps, strict, out);
-  } else {
-    run_forward<double>(in, s, p, log_eps, strict, out);
-  }
+  const MetaLSTMOutputs out = forward_call(
+      "meta_lstm_step", {theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i},
+      p, log_eps, strict, /*over_state=*/false);
   return {out.theta_new, out.h_new, out.c_new, out.f, out.i};
 }
 
@@ -101,19 +111,9 @@ at::Tensor meta_lstm_step_inplace(
     const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_f,
     const at::Tensor& b_f, const at::Tensor& w_i, const at::Tensor& b_i, double p, double log_eps,
     bool strict) {
-  const char* op = "meta_lstm_step_inplace";
-  const std::vector<at::Tensor> raw = {theta, grad, loss, h, c, f_prev, i_prev, w_ih,
-                                       w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i};
-  const MetaLSTMShape s = check_meta_lstm_inputs(op, raw, p, log_eps);
-  check_meta_lstm_inplace_state(op, raw);
-  const std::vector<at::Tensor> in = contiguous_all(raw);  // the state as it is (contiguous)
-  MetaLSTMOutputs out(in, MetaLSTMOutputs::OverState{});
-  if (theta.scalar_type() == at::kFloat) {
-    run_forward<float>(in, s, p, log_eps, strict, out);
-  } else {
-    run_forward<double>(in, s, p, log_eps, strict, out);
-  }
-  return out.theta_new;
+  return forward_call(
+      "meta_lstm_step_inplace", {theta, grad, loss, h, c, f_prev, i_prev, w_ih, w_hh, b_ih, b_hh, w_f, b_f, w_i, b_i},
+      p, log_eps, strict, /*over_state=*/true).theta_new;
 }
 
 // One kernel run per task segment, each writing its row of out.flat; `partials` is sized for one
