@@ -7,7 +7,12 @@ The model is a stack of Linear(width, width) layers holding --tensors parameter 
 and biases); its gradients are computed once and every timed call is one ``optimizer.step()``
 (zero_grad is not part of it). LSTMOptimizer and TurtleOptimizer (learnedopt.optim, untrained rules:
 speed does not depend on the weights) run with the fused kernels and with the pure-PyTorch
-reference; Adam runs as a per-tensor loop, with foreach=True and with fused=True.
+reference, and fused with their reducible state stored in bfloat16 (``state_dtype``); Adam runs as
+a per-tensor loop, with foreach=True and with fused=True.
+
+Each learned optimizer's row also gives its FLOP floor: the fused op's forward FLOP per coordinate
+(bench/ops.py's FLOP_RULE) times the parameters, at the FP32 FMA peak measured in the same run, so
+that the table says how close to Adam foreach the hardware lets a step come at all.
 """
 
 from __future__ import annotations
@@ -36,15 +41,30 @@ CASES = (
     ("Adam (fused=True)", "none", None, lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)),
     ("LSTMOptimizer", "fused", "meta_lstm_step", lambda p: _learned("LSTMOptimizer", p)),
     ("LSTMOptimizer", "reference", "meta_lstm_step", lambda p: _learned("LSTMOptimizer", p)),
+    ("LSTMOptimizer (bf16 state)", "fused", "meta_lstm_step",
+     lambda p: _learned("LSTMOptimizer", p, state_dtype=torch.bfloat16)),
     ("TurtleOptimizer", "fused", "turtle_step", lambda p: _learned("TurtleOptimizer", p)),
     ("TurtleOptimizer", "reference", "turtle_step", lambda p: _learned("TurtleOptimizer", p)),
+    ("TurtleOptimizer (bf16 state)", "fused", "turtle_step",
+     lambda p: _learned("TurtleOptimizer", p, state_dtype=torch.bfloat16)),
 )
 BASELINE = "Adam (foreach=True)"
 
 
-def _learned(name: str, params):
+def _learned(name: str, params, **options):
     import learnedopt.optim
-    return getattr(learnedopt.optim, name)(params)
+    return getattr(learnedopt.optim, name)(params, **options)
+
+
+def forward_flop_per_coordinate(op: str) -> int:
+    """The fused op's forward FLOP per coordinate for the optimizers' untrained default rules."""
+    from bench.ops import meta_lstm_forward_flop, turtle_forward_flop
+    from learnedopt.rules import MetaLSTMRule, TurtleRule
+    if op == "meta_lstm_step":
+        rule = MetaLSTMRule()
+        return meta_lstm_forward_flop(rule.hidden_size, rule.input_size)
+    rule = TurtleRule()
+    return turtle_forward_flop([rule.weights[0].shape[1], *(w.shape[0] for w in rule.weights)])
 
 
 def make_model(tensors: int, width: int, device: torch.device) -> nn.Module:
@@ -62,7 +82,8 @@ def time_steps(name: str, build, tensors: int, width: int, device: torch.device,
     loss = model(x).square().mean()
     loss.backward()
     loss = loss.detach()
-    step = (lambda _: optimizer.step(loss=loss)) if name == "LSTMOptimizer" else (lambda _: optimizer.step())
+    step = ((lambda _: optimizer.step(loss=loss)) if name.startswith("LSTMOptimizer")
+            else (lambda _: optimizer.step()))
     # One warm-up call builds the optimizer state; the pure-PyTorch LSTM takes seconds per step.
     timing = measure(step, device, budget_s=budget_s, warmup_s=0.1 * budget_s, warmup_calls=1,
                      min_samples=min_samples)
@@ -70,8 +91,9 @@ def time_steps(name: str, build, tensors: int, width: int, device: torch.device,
 
 
 def benchmark(device, tensors: int, width: int, budget_s: float, min_samples: int = 5,
-              log=print) -> list[dict]:
-    """One row per (optimizer, backend), with step time relative to Adam foreach=True."""
+              log=print, fma_peak: float | None = None) -> list[dict]:
+    """One row per (optimizer, backend), with step time relative to Adam foreach=True and, for
+    the learned ones given ``fma_peak`` (FLOP/s), the FLOP floor of a step."""
     rows = []
     for name, backend, op, build in CASES:
         row = {"optimizer": name, "backend": backend, "op": op, "tensors": tensors, "width": width,
@@ -108,9 +130,17 @@ def benchmark(device, tensors: int, width: int, budget_s: float, min_samples: in
         log(f"  {row['what']}: {results.spread(timing.as_dict())} per step")
     base = next((r for r in rows if r["optimizer"] == BASELINE and r["status"] == "ok"), None)
     for r in rows:
-        if r["status"] == "ok":
-            r["time_vs_adam_foreach"] = (r["timing"]["median_s"] / base["timing"]["median_s"]
-                                         if base else None)
+        if r["status"] != "ok":
+            continue
+        r["time_vs_adam_foreach"] = (r["timing"]["median_s"] / base["timing"]["median_s"]
+                                     if base else None)
+        if r["op"] is not None and fma_peak:
+            flop = forward_flop_per_coordinate(r["op"]) * r["parameters"]
+            r["flop_per_step"] = flop
+            r["flop_floor_s"] = flop / fma_peak
+            r["fraction_of_fma_peak"] = r["flop_floor_s"] / r["timing"]["median_s"]
+            r["floor_vs_adam_foreach"] = (r["flop_floor_s"] / base["timing"]["median_s"]
+                                          if base else None)
     return rows
 
 
@@ -119,16 +149,23 @@ def render_markdown(record: dict) -> str:
     for r in record["results"]:
         if r["status"] != "ok":
             continue
+        floor = r.get("flop_floor_s")
         rows.append([r["optimizer"], r["backend"], results.spread(r["timing"]),
                      results.count(r["coordinates_per_s"]),
-                     results.ratio(r.get("time_vs_adam_foreach"))])
+                     results.ratio(r.get("time_vs_adam_foreach")),
+                     "—" if floor is None else
+                     f"{results.seconds(floor)} ({results.ratio(r.get('floor_vs_adam_foreach'))})"])
     s = record["settings"]
     head = (f"**Optimizer step, {record['device'].upper()}** — one `step()` on a model of "
             f"{s['tensors']} tensors ({s['tensors'] // 2} × Linear({s['width']}, {s['width']}), "
             f"{results.count(s.get('parameters'))} parameters), median ± half the interquartile "
-            f"range; last column: time relative to Adam with foreach=True.")
+            f"range; time relative to Adam with foreach=True; FLOP floor: the learned op's FLOP at "
+            f"the FP32 FMA peak measured in the run"
+            + (f" ({s['fma_peak_flop_per_s'] / 1e9:.0f} GFLOP/s)" if s.get("fma_peak_flop_per_s")
+               else "") + ", and that floor relative to Adam foreach.")
     return head + "\n\n" + results.table(
-        ["optimizer", "backend", "time per step", "parameters/s", "time vs Adam foreach"], rows)
+        ["optimizer", "backend", "time per step", "parameters/s", "time vs Adam foreach",
+         "FLOP floor (vs Adam foreach)"], rows)
 
 
 def parse_args(argv=None):
@@ -159,10 +196,14 @@ def main(argv=None) -> Path:
     print(f"# bench.optimizer on {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {record['date']}\n# command: {record['command']}\n"
           f"# {ops.describe()}")
-    rows = benchmark(device, args.tensors, width, budget, 3 if args.quick else 5)
+    fma_peak = None
+    if device.type == "cpu":
+        fma_peak, _ = machine.measure_cpu_fma_peak(0.3 if args.quick else 1.0)
+    rows = benchmark(device, args.tensors, width, budget, 3 if args.quick else 5,
+                     fma_peak=fma_peak)
     params = next((r["parameters"] for r in rows if r["status"] == "ok"), None)
     record["settings"] = {"tensors": args.tensors, "width": width, "parameters": params,
-                          "budget_s": budget, "quick": args.quick,
+                          "budget_s": budget, "quick": args.quick, "fma_peak_flop_per_s": fma_peak,
                           "step": "optimizer.step() only, gradients fixed; LSTMOptimizer gets "
                                   "step(loss=...) with a precomputed loss tensor"}
     record["results"], record["complete"] = rows, True

@@ -26,6 +26,10 @@ Protocol (also written into the JSON):
   diverge, and every table cell says how many did.
 
     python3 scripts/evaluate_rules.py --out results/evaluate_rules.json --plot results/evaluate_rules.png
+
+``--state-dtype bfloat16`` runs TURTLE and the LSTM with their reducible state (m; h, c) stored in
+bfloat16 (``state_dtype`` of learnedopt.optim); ``compare A.json B.json`` prints, per problem and
+learned rule, the final losses and held-out metrics of two such runs side by side.
 """
 
 from __future__ import annotations
@@ -178,12 +182,19 @@ def _flattened(d: Data) -> Data:
 
 # -- optimizers --------------------------------------------------------------------------------
 
-def make_optimizer(kind: str, lr: float, params, rules: dict[str, str]) -> torch.optim.Optimizer:
+STATE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def make_optimizer(kind: str, lr: float, params, rules: dict[str, str],
+                   state_dtype: str = "float32") -> torch.optim.Optimizer:
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr)
-    return LEARNED_CLASS[kind].from_pretrained(rules[kind], params, lr=lr)
+    options = {"lr": lr}
+    if kind in ("turtle", "metalstm"):  # Meta-SGD's only state is alpha, kept full precision
+        options["state_dtype"] = STATE_DTYPES[state_dtype]
+    return LEARNED_CLASS[kind].from_pretrained(rules[kind], params, **options)
 
 
 # -- one training run ----------------------------------------------------------------------------
@@ -191,9 +202,9 @@ def make_optimizer(kind: str, lr: float, params, rules: dict[str, str]) -> torch
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(omniglot, rules, threads: int) -> None:
+def _init_worker(omniglot, rules, threads: int, state_dtype: str = "float32") -> None:
     torch.set_num_threads(threads)
-    _WORKER.update(omniglot=omniglot, rules=rules, problems={})
+    _WORKER.update(omniglot=omniglot, rules=rules, problems={}, state_dtype=state_dtype)
 
 
 def train_once(job: tuple[str, int, str, float, int]) -> dict[str, Any]:
@@ -206,7 +217,8 @@ def train_once(job: tuple[str, int, str, float, int]) -> dict[str, Any]:
     data = problem.make_data(seed)
     torch.manual_seed(_stream_seed(problem_name, seed, "init"))
     model = problem.make_model()
-    optimizer = make_optimizer(kind, lr, model.parameters(), _WORKER["rules"])
+    optimizer = make_optimizer(kind, lr, model.parameters(), _WORKER["rules"],
+                               _WORKER["state_dtype"])
 
     curve: list[float] = []
     diverged_at = None
@@ -455,6 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "the repository, when it exists)")
     parser.add_argument("--cache-dir", default=None, help="where decoded Omniglot images are cached")
     parser.add_argument("--workers", type=int, default=2, help="processes, one thread each")
+    parser.add_argument("--state-dtype", choices=tuple(STATE_DTYPES), default="float32",
+                        help="storage of TURTLE's m and the LSTM's h, c (default float32)")
     args = parser.parse_args(argv)
 
     def names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -541,9 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     pool = None
     if args.workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(
-            args.workers, initializer=_init_worker, initargs=(omniglot, rules, 1))
+            args.workers, initializer=_init_worker, initargs=(omniglot, rules, 1, args.state_dtype))
     else:
-        _init_worker(omniglot, rules, 1)
+        _init_worker(omniglot, rules, 1, args.state_dtype)
     try:
         tuning_jobs = [(p, args.tuning_seed, kind, lr, args.steps)
                        for p in args.problems for kind, grid in grids.items() for lr in grid]
@@ -593,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {
             "steps": args.steps, "evaluation_seeds": list(range(args.seeds)),
             "tuning_seed": args.tuning_seed, "grids": grids,
+            "state_dtype": args.state_dtype,
             "training": "full batch; curve[t] = training loss after t updates; same data and "
                         "initial weights for every optimizer on a seed",
             "lr_selection": "lowest final training loss on the tuning seed (diverged = +inf)",
@@ -654,7 +669,46 @@ def render(json_path: str, readme: str | None) -> int:
     return 0
 
 
+def compare(a_path: str, b_path: str) -> str:
+    """Markdown: the learned rules' final training loss and held-out metric in run A and run B
+    (e.g. float32 and bfloat16 optimizer state), per problem, with B's final loss relative to A's
+    per seed (median and worst), so that a change of the state's precision shows at a glance."""
+    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
+    name = lambda r: r["protocol"].get("state_dtype", "float32")  # noqa: E731
+    head = ["rule (lr)", "problem", f"final loss, {name(a)}", f"final loss, {name(b)}",
+            f"{name(b)} / {name(a)} per seed (median, worst)", f"held-out, {name(a)}",
+            f"held-out, {name(b)}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for problem, described in a["problems"].items():
+        for label, entry in described["entries"].items():
+            if entry["optimizer"] not in ("turtle", "metalstm"):
+                continue
+            other = b["problems"].get(problem, {}).get("entries", {}).get(label)
+            if other is None:
+                continue
+            sa, sb = entry["summary"], other["summary"]
+            ratios = [y / x for x, y in zip(sa["final_loss"]["per_seed"], sb["final_loss"]["per_seed"])
+                      if x is not None and y is not None and x > 0]
+            worst = max(ratios, key=lambda r: abs(math.log(r))) if ratios else None
+            metric = "test_accuracy" if "test_accuracy" in sa else "test_loss"
+            held = lambda s: ("—" if metric not in s else  # noqa: E731
+                              f"{100 * s[metric]['mean']:.1f} %" if metric == "test_accuracy"
+                              else f"{s[metric]['mean']:.3g} (MSE)")
+            lines.append("| " + " | ".join([
+                f"{entry['optimizer']} ({entry['lr']:g}"
+                + ("" if other["lr"] == entry["lr"] else f" / {other['lr']:g}: tuned apart") + ")",
+                problem, cell(entry), cell(other),
+                "—" if not ratios else f"{statistics.median(ratios):.3f}, {worst:.3f}",
+                held(sa), held(sb)]) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "render":
         sys.exit(render(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))
+    if len(sys.argv) > 1 and sys.argv[1] == "compare":
+        if len(sys.argv) != 4:
+            sys.exit("usage: python3 scripts/evaluate_rules.py compare A.json B.json")
+        print(compare(sys.argv[2], sys.argv[3]))
+        sys.exit(0)
     sys.exit(main())

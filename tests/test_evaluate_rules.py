@@ -136,3 +136,31 @@ def test_bad_arguments_fail_clearly(rules, omniglot_root, tmp_path, capsys):
     argv[argv.index("--turtle-rule") + 1] = str(tmp_path / "missing.pt")
     assert evaluate_rules.main(argv) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_bfloat16_state_run_and_compare(rules, omniglot_root, tmp_path):
+    """--state-dtype bfloat16 reaches the optimizers (recorded in the JSON) and `compare` puts the
+    learned rules of two runs side by side, with per-seed ratios of their final losses."""
+    paths = {}
+    for dtype in ("float32", "bfloat16"):
+        paths[dtype] = tmp_path / f"{dtype}.json"
+        argv = tiny_args(rules, omniglot_root, tmp_path, "--out", str(paths[dtype]), "--workers",
+                         "1", "--problems", "sine-wide", "--learned", "turtle,metalstm",
+                         "--state-dtype", dtype)
+        assert evaluate_rules.main(argv) == 0
+        assert json.loads(paths[dtype].read_text())["protocol"]["state_dtype"] == dtype
+    made = []
+    real = evaluate_rules.LEARNED_CLASS["turtle"].from_pretrained
+    try:  # the optimizers built under bfloat16 do store their state reduced
+        evaluate_rules.LEARNED_CLASS["turtle"].from_pretrained = \
+            lambda *a, **k: made.append(k.get("state_dtype")) or real(*a, **k)
+        evaluate_rules.make_optimizer("turtle", 1.0, [torch.nn.Parameter(torch.zeros(3))],
+                                      {"turtle": rules[1]}, "bfloat16")
+    finally:
+        evaluate_rules.LEARNED_CLASS["turtle"].from_pretrained = real
+    assert made == [torch.bfloat16]
+    table = evaluate_rules.compare(str(paths["float32"]), str(paths["bfloat16"]))
+    assert "final loss, float32" in table and "final loss, bfloat16" in table
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    assert {row.split(" | ")[0].split(" (")[0].strip("| ") for row in rows} == {"turtle", "metalstm"}
+    assert all("sine-wide" in row for row in rows)

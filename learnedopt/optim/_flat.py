@@ -78,8 +78,11 @@ class FlatGroup:
         # The shape goes in as one tuple: view(*()) would be view() with no size at all.
         return flat[self.bounds[k]:self.bounds[k + 1]].view((*self.shapes[k], *flat.shape[1:]))
 
-    def new_state(self, *trailing: int, fill: float = 0.0) -> Tensor:
-        return torch.full((self.numel, *trailing), fill, dtype=self.dtype, device=self.device)
+    def new_state(self, *trailing: int, fill: float = 0.0, dtype: torch.dtype | None = None) -> Tensor:
+        """A per-coordinate state buffer, in the parameters' dtype unless ``dtype`` says otherwise
+        (bfloat16 storage of the state an optimizer allows to be stored reduced)."""
+        return torch.full((self.numel, *trailing), fill, dtype=dtype or self.dtype,
+                          device=self.device)
 
     # -- gradients ---------------------------------------------------------------------------
 
@@ -220,6 +223,15 @@ def check_lr(lr: Any, where: str) -> float:
     if not (lr >= 0.0 and lr != float("inf")):
         raise ValueError(f"{where}: lr must be finite and >= 0, got {lr}")
     return lr
+
+
+def check_state_dtype(state_dtype: Any, owner: str, names: tuple[str, ...]) -> torch.dtype | None:
+    """``state_dtype``: None (the state in the parameters' dtype) or torch.bfloat16."""
+    if state_dtype is None or state_dtype is torch.bfloat16:
+        return state_dtype
+    raise ValueError(f"{owner}: state_dtype must be None (the state {', '.join(names)} in the "
+                     f"parameters' dtype) or torch.bfloat16 (stored in bfloat16, the math in the "
+                     f"parameters' dtype), got {state_dtype!r}")
 
 
 def check_alpha(alpha: Any, where: str) -> float:
@@ -404,7 +416,8 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved, into this optimizer's flat buffers (copied, cast
-        to each group's dtype and device); group options (lr, ...) are taken from the saved dict."""
+        to each buffer's dtype — the group's, or bfloat16 for state stored reduced — and device);
+        group options (lr, ...) are taken from the saved dict."""
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
             raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and "
@@ -442,7 +455,8 @@ class FlatOptimizer(torch.optim.Optimizer):
                 steps.add(int(entry["step"]))
             if len(steps) != 1:
                 raise ValueError(f"{where}: its parameters were saved at different steps {steps}")
-            new_state.append(({s: torch.cat(parts).to(device=flat.device, dtype=flat.dtype)
+            # Each buffer keeps its own dtype: bfloat16 state (state_dtype) stays bfloat16.
+            new_state.append(({s: torch.cat(parts).to(device=flat.device, dtype=flat.state[s].dtype)
                                for s, parts in buffers.items()}, steps.pop()))
         # Everything validated: now commit, so a bad dict leaves the optimizer untouched.
         for flat, group, saved, (buffers, step) in zip(self._flat, self.param_groups, saved_groups,

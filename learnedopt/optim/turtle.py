@@ -5,10 +5,11 @@ from __future__ import annotations
 import numbers
 from typing import Any, Iterable
 
+import torch
 from torch import Tensor
 
 from learnedopt import ops
-from learnedopt.optim._flat import FlatGroup, FlatOptimizer, check_alpha
+from learnedopt.optim._flat import FlatGroup, FlatOptimizer, check_alpha, check_state_dtype
 from learnedopt.optim._rule_cache import RuleTensors
 from learnedopt.optim.pretrained import alpha_init, build_rule
 from learnedopt.rules import TurtleRule
@@ -43,7 +44,9 @@ class TurtleOptimizer(FlatOptimizer):
     gradient comes after the group's first step starts its average from m = 0, not from g.
 
     Per-coordinate state, in ``opt.state[p]`` and :meth:`state_dict` per parameter: ``m`` and
-    ``alpha`` (shape ``p.shape``), plus ``step`` (the group's t).
+    ``alpha`` (shape ``p.shape``), plus ``step`` (the group's t). ``state_dtype=torch.bfloat16``
+    stores ``m`` in bfloat16: each step widens it to the parameters' dtype for the kernel and
+    rounds the new m back (round to nearest even); ``alpha`` stays in the parameters' dtype.
 
     Args:
         params: parameters or param groups (per-group options: ``lr``, ``alpha``, ``grad_clamp``,
@@ -55,13 +58,16 @@ class TurtleOptimizer(FlatOptimizer):
             rule's own setting; the authors clamp at 10).
         max_t: largest step index fed to g_phi (None: no cap).
         momentum: beta of the moving average m in [0, 1] (None: the rule's beta).
+        state_dtype: None (``m`` in the parameters' dtype) or ``torch.bfloat16``.
     """
 
     KIND = "turtle"
+    REDUCIBLE_STATE = ("m",)  # what state_dtype=torch.bfloat16 stores reduced
 
     def __init__(self, params: Iterable, rule: TurtleRule | None = None, lr: float = 1.0,
                  alpha: float = 0.5, grad_clamp: float | None = None, max_t: int | None = None,
-                 momentum: float | None = None):
+                 momentum: float | None = None, state_dtype: torch.dtype | None = None):
+        self.state_dtype = check_state_dtype(state_dtype, "TurtleOptimizer", self.REDUCIBLE_STATE)
         rule = TurtleRule() if rule is None else rule
         if not isinstance(rule, TurtleRule):
             raise TypeError(f"TurtleOptimizer: rule must be a learnedopt.rules.TurtleRule, got "
@@ -96,7 +102,7 @@ class TurtleOptimizer(FlatOptimizer):
         return float(momentum)
 
     def _init_state(self, flat: FlatGroup, group: dict[str, Any]) -> None:
-        flat.state = {"m": flat.new_state(), "alpha": flat.new_state(fill=float(group["alpha"]))}
+        flat.state = {"m": flat.new_state(dtype=self.state_dtype), "alpha": flat.new_state(fill=float(group["alpha"]))}
 
     def _step_group(self, flat: FlatGroup, group: dict[str, Any], loss: Tensor | None) -> None:
         rule = self.rule
@@ -107,9 +113,12 @@ class TurtleOptimizer(FlatOptimizer):
         layers = len(rule.weights)
         s = flat.state
         beta = self._beta(group, flat.where)
-        theta, m = ops.turtle_step(flat.param, flat.grad, s["m"], t, s["alpha"],
+        stored = s["m"]
+        m_prev = stored.to(flat.dtype)  # widened when stored reduced (else the buffer itself)
+        theta, m = ops.turtle_step(flat.param, flat.grad, m_prev, t, s["alpha"],
                                    tensors[:layers], tensors[layers:], beta, clamp)
-        flat.state = {"m": flat.keep_skipped(m, s["m"]), "alpha": s["alpha"]}
+        m = flat.keep_skipped(m, m_prev)
+        flat.state = {"m": m.to(stored.dtype), "alpha": s["alpha"]}
         flat.apply_update(theta, group["lr"])
 
     @classmethod
