@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -466,3 +467,26 @@ def test_conv_learner_result_file(tmp_path, monkeypatch):
         assert r["options"]["inner_steps"] == 8 and r["learner"]["name"] == "conv4"
         assert r["learner"]["channels_last"] is False
     assert "Conv learner, CPU" in results.render(record)
+
+
+def test_turtle_host_ab_writes_both_checkouts_medians(tmp_path):
+    """bench.turtle_host runs one worker per checkout per round (here the same checkout twice)
+    and records every call's median for each; a ratio of a checkout with itself is near 1."""
+    from bench import turtle_host
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ab.json"
+    assert turtle_host.main(["--trees", str(repo), str(repo), "--rounds", "1", "--budget", "0.02",
+                             "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    medians = record["median_s"][str(repo)]
+    assert set(medians) == {f"{p} n={n}" for p in turtle_host.PASSES for n in turtle_host.SIZES}
+    assert all(0 < s < 1 for s in medians.values())
+    assert len(record["runs"][str(repo)]) == 2  # both "trees" are this checkout
+
+
+def test_turtle_host_refuses_a_missing_comparison():
+    from bench import turtle_host
+
+    with pytest.raises(SystemExit):
+        turtle_host.main([])

@@ -251,3 +251,13 @@ def test_missing_hip_cpu_skips_with_the_reason_and_fails_ci(tmp_path):
     assert f"CUDA emulation unavailable: HIP-CPU not found at {missing}" in user.stdout
     ci = run_pytest(test, LEARNEDOPT_HIP_CPU=missing, **{cuda_emulation.REQUIRE_VARIABLE: "1"})
     assert ci.returncode != 0 and f"skipped under {cuda_emulation.REQUIRE_VARIABLE}=1" in ci.stdout, ci.stdout
+
+
+def test_every_mutant_still_applies_to_the_sources():
+    """The mutation check (tests/cuda_emulation/mutants.py) is only proof while each mutant's
+    original text is still in csrc/ exactly once; an edit that moves it must move the mutant too."""
+    from tests.cuda_emulation import mutants
+
+    for mutant in mutants.MUTANTS:
+        text = (REPO / "csrc" / mutant.file).read_text()
+        assert text.count(mutant.original) == 1, (mutant.name, text.count(mutant.original))

@@ -311,6 +311,78 @@ def test_non_contiguous_inputs(device):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
 
 
+def strided_views(tensors, gen):
+    """The same values as views the kernels cannot read as flat arrays: a weight (out, in) is the
+    transpose of every other column of a wider buffer (row stride 2, column stride 2 * out); a bias is
+    every third entry of a buffer. Returns the views and the buffers, which are the autograd leaves."""
+    views, bases = [], []
+    for x in tensors:
+        if x.dim() == 2:
+            base = torch.randn(x.shape[1], 2 * x.shape[0], generator=gen, dtype=torch.float64).to(x)
+            base[:, ::2] = x.t()
+            view = lambda b: b[:, ::2].t()  # noqa: E731
+        else:
+            base = torch.randn(3 * x.shape[0], generator=gen, dtype=torch.float64).to(x)
+            base[::3] = x
+            view = lambda b: b[::3]  # noqa: E731
+        base.requires_grad_()
+        bases.append(base)
+        views.append(view(base))
+        assert torch.equal(views[-1], x) and (x.numel() == 1 or not views[-1].is_contiguous())
+    return views, bases
+
+
+@pytest.mark.parametrize("net", ["paper", "paper_gm", "odd", "linear"])
+@pytest.mark.parametrize("t", [0, 3])
+def test_strided_weights_forward_and_backward(net, t, device):
+    """The kernels read the weights and biases through their pointers and strides (no packed
+    copy): strided views, the t column of a 3-input first layer included, give the same outputs and
+    gradients as the reference on the same values; the gradients reach the views' buffers."""
+    dtype = torch.float32
+    gen = torch.Generator().manual_seed(40 + t)
+    weights, biases = make_net(net, dtype, gen, device)
+    state = move_off_relu_kinks(make_state(301, dtype, gen, device), weights, biases, t, 10.0)
+    g_theta = torch.randn(301, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    results = {}
+    for backend in ("fused", "reference"):
+        w_views, w_bases = strided_views(weights, torch.Generator().manual_seed(1))
+        b_views, b_bases = strided_views(biases, torch.Generator().manual_seed(2))
+        alpha = state[3].clone().requires_grad_()
+        with use_backend(backend):
+            theta_new, m_new = turtle_step(state[0], state[1], state[2], t, alpha, w_views, b_views,
+                                           0.9, 10.0)
+        grads = torch.autograd.grad((theta_new * g_theta).sum() + m_new.sum(),
+                                    [alpha, *w_bases, *b_bases])
+        results[backend] = [theta_new.detach(), m_new.detach(), *grads]
+    for a, e in zip(results["fused"], results["reference"]):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4 * max(e.abs().max().item(), 1.0))
+    # A buffer's entries outside the view get no gradient.
+    for base in results["fused"][3:]:
+        if base.dim() == 2:
+            assert torch.count_nonzero(base[:, 1::2]) == 0
+        else:
+            assert torch.count_nonzero(base[1::3]) == 0 and torch.count_nonzero(base[2::3]) == 0
+
+
+def test_weight_gradients_are_fresh_tensors_shaped_as_the_weights(device):
+    """The backward writes each weight's and bias's gradient into its own new contiguous tensor (t
+    column included), sharing no memory with an input or another output."""
+    gen = torch.Generator().manual_seed(9)
+    weights, biases = make_net("paper", torch.float32, gen, device)
+    weights = [w.t().contiguous().t() for w in weights]
+    theta, grad, m, alpha = make_state(50, torch.float32, gen, device)
+    g = torch.randn(50, generator=gen).to(device)
+    out = torch.ops.learnedopt.turtle_step_backward(g, g.clone(), theta, grad, m, 4, alpha, weights,
+                                                    biases, 0.9, 10.0)
+    d_weights, d_biases = out[4], out[5]
+    pointers = {x.data_ptr() for x in (g, theta, grad, m, alpha, *weights, *biases)}
+    for d, x in zip([*d_weights, *d_biases], [*weights, *biases]):
+        assert d.shape == x.shape and d.is_contiguous() and d.data_ptr() not in pointers
+        pointers.add(d.data_ptr())
+    # The t column's gradient is t times the first bias's (SPEC §3: the input t is the constant 4).
+    torch.testing.assert_close(d_weights[0][:, 2], 4 * d_biases[0])
+
+
 @pytest.mark.parametrize("t", [0, 2])
 @pytest.mark.parametrize("net", ["paper", "odd_gm", "linear", "shallow"])
 def test_gradcheck(t, net, device):

@@ -1,7 +1,7 @@
-// Torch-side helpers of turtle_step shared by the CPU and CUDA glue: the argument checks, the
-// packing of the MLP's weights and biases into the one flat buffer (plus TurtleNet descriptor) the
-// kernels take and the unpacking of its gradient, and the tensors of one call (TurtleForwardCall,
-// TurtleBackwardCall) from which both glues fill the kernels' arguments.
+// Torch-side helpers of turtle_step shared by the CPU and CUDA glue: the argument checks, the MLP's
+// shape (TurtleNet) and the table of its weights' pointers and strides the kernels read them
+// through, and the tensors of one call (TurtleForwardCall, TurtleBackwardCall) from which both
+// glues fill the kernels' arguments.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -82,76 +82,60 @@ TurtleStep<S> make_turtle_step(int64_t t, double beta, double grad_clamp) {
   return TurtleStep<S>::make(beta, grad_clamp, std::isfinite(grad_clamp), t == 0);
 }
 
-struct PackedTurtleNet {
-  at::Tensor params;  // contiguous, theta's dtype and device
+// The MLP's shape from the weights' sizes (no data is touched).
+inline TurtleNet describe_turtle_net(at::TensorList weights) {
   TurtleNet net;
-};
-
-// W_k then b_k for every layer; the t column of a 3-input first layer is folded into b_0.
-inline PackedTurtleNet pack_turtle_net(at::TensorList weights, at::TensorList biases, int64_t t) {
-  PackedTurtleNet packed;
-  TurtleNet& net = packed.net;
   net.layers = static_cast<int>(weights.size());
-  net.width[0] = 2;
-  std::vector<at::Tensor> pieces;
+  net.width[0] = 2;  // the t column, if any, is folded into b_0 (common/turtle_math.h)
   int64_t offset = 0;
   for (int k = 0; k < net.layers; ++k) {
-    at::Tensor w = weights[k];
-    at::Tensor b = biases[k];
-    if (k == 0) {
-      if (w.size(1) == 3) b = b + w.select(1, 2) * static_cast<double>(t);
-      w = w.narrow(1, 0, 2);
-    }
-    const int64_t out = w.size(0), in = w.size(1);
+    const int64_t out = weights[k].size(0), in = net.width[k];
     net.width[k + 1] = static_cast<int>(out);
     net.offset[k] = offset;
     offset += out * in + out;
-    pieces.push_back(w.reshape({-1}));
-    pieces.push_back(b.reshape({-1}));
   }
   net.num_params = offset;
-  packed.params = at::cat(pieces).contiguous();
-  return packed;
+  return net;
 }
 
-// The packed gradient back to one tensor per weight and bias (no two outputs share storage).
-inline std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> unpack_turtle_grads(
-    const at::Tensor& d_params, const TurtleNet& net, at::TensorList weights, int64_t t) {
-  std::vector<at::Tensor> d_weights, d_biases;
-  for (int k = 0; k < net.layers; ++k) {
-    const int64_t out = net.width[k + 1], in = net.width[k];
-    at::Tensor d_w = d_params.narrow(0, net.offset[k], out * in).view({out, in});
-    at::Tensor d_b = d_params.narrow(0, net.offset[k] + out * in, out).clone();
-    if (k == 0 && weights[0].size(1) == 3) {
-      // d/dW0[:, 2] of W0[:, 2] * t summed over coordinates: t * d b0.
-      d_w = at::cat({d_w, (d_b * static_cast<double>(t)).unsqueeze(1)}, 1);
-    } else {
-      d_w = d_w.clone();
-    }
-    d_weights.push_back(d_w);
-    d_biases.push_back(d_b);
+// The table of the weights' and biases' data pointers and strides: any strides, no copies.
+template <typename S>
+TurtleWeights<S> turtle_weight_table(at::TensorList weights, at::TensorList biases, int64_t t) {
+  TurtleWeights<S> table{};
+  for (size_t k = 0; k < weights.size(); ++k) {
+    table.weight[k] = weights[k].const_data_ptr<S>();
+    table.row_stride[k] = weights[k].stride(0);
+    table.col_stride[k] = weights[k].stride(1);
+    table.bias[k] = biases[k].const_data_ptr<S>();
+    table.bias_stride[k] = biases[k].stride(0);
   }
-  return {std::move(d_weights), std::move(d_biases)};
+  table.t_column = weights[0].size(1) == 3;
+  table.t = static_cast<S>(t);
+  return table;
 }
 
-// One turtle_step call as the kernels take it: contiguous inputs, the packed MLP, fresh outputs.
+// One turtle_step call as the kernels take it: contiguous per-coordinate inputs, the MLP's shape,
+// fresh outputs. The weights stay where they are (turtle_weight_table).
 struct TurtleForwardCall {
   at::Tensor theta, grad, m, alpha;
-  PackedTurtleNet packed;
+  at::TensorList weights, biases;
+  int64_t t;
+  TurtleNet net;
   at::Tensor theta_new, m_new;
 
   TurtleForwardCall(const at::Tensor& theta_in, const at::Tensor& grad_in, const at::Tensor& m_in,
-                    int64_t t, const at::Tensor& alpha_in, at::TensorList weights,
-                    at::TensorList biases)
+                    int64_t t_in, const at::Tensor& alpha_in, at::TensorList weights_in,
+                    at::TensorList biases_in)
       : theta(theta_in.contiguous()), grad(grad_in.contiguous()), m(m_in.contiguous()),
-        alpha(alpha_in.contiguous()), packed(pack_turtle_net(weights, biases, t)),
-        theta_new(at::empty_like(theta)), m_new(at::empty_like(theta)) {}
+        alpha(alpha_in.contiguous()), weights(weights_in), biases(biases_in), t(t_in),
+        net(describe_turtle_net(weights_in)), theta_new(at::empty_like(theta)),
+        m_new(at::empty_like(theta)) {}
 
   template <typename S>
   TurtleForwardArgs<S> args() const {
-    return {theta.data_ptr<S>(),     grad.data_ptr<S>(),      m.data_ptr<S>(),
-            alpha.data_ptr<S>(),     packed.params.data_ptr<S>(), theta_new.data_ptr<S>(),
-            m_new.data_ptr<S>(),     theta.numel()};
+    return {theta.data_ptr<S>(), grad.data_ptr<S>(), m.data_ptr<S>(), alpha.data_ptr<S>(),
+            turtle_weight_table<S>(weights, biases, t), theta_new.data_ptr<S>(), m_new.data_ptr<S>(),
+            theta.numel()};
   }
 };
 
@@ -159,34 +143,45 @@ using TurtleInputGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
                                     std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
 // One turtle_step_backward call as the kernels take it (theta itself is not needed: the update is
-// linear in it).
+// linear in it). The kernels write each weight's and bias's gradient into its own fresh tensor.
 struct TurtleBackwardCall {
   at::Tensor d_theta_new, d_m_new, grad, m, alpha;
-  PackedTurtleNet packed;
-  at::Tensor d_theta, d_grad, d_m, d_alpha, d_params;
+  at::TensorList weights, biases;
+  int64_t t;
+  TurtleNet net;
+  at::Tensor d_theta, d_grad, d_m, d_alpha;
+  std::vector<at::Tensor> d_weights, d_biases;
 
   TurtleBackwardCall(const at::Tensor& d_theta_new_in, const at::Tensor& d_m_new_in,
-                     const at::Tensor& grad_in, const at::Tensor& m_in, int64_t t,
-                     const at::Tensor& alpha_in, at::TensorList weights, at::TensorList biases)
+                     const at::Tensor& grad_in, const at::Tensor& m_in, int64_t t_in,
+                     const at::Tensor& alpha_in, at::TensorList weights_in,
+                     at::TensorList biases_in)
       : d_theta_new(d_theta_new_in.contiguous()), d_m_new(d_m_new_in.contiguous()),
         grad(grad_in.contiguous()), m(m_in.contiguous()), alpha(alpha_in.contiguous()),
-        packed(pack_turtle_net(weights, biases, t)), d_theta(at::empty_like(grad)),
-        d_grad(at::empty_like(grad)), d_m(at::empty_like(grad)), d_alpha(at::empty_like(grad)),
-        d_params(at::empty_like(packed.params)) {}
+        weights(weights_in), biases(biases_in), t(t_in), net(describe_turtle_net(weights_in)),
+        d_theta(at::empty_like(grad)), d_grad(at::empty_like(grad)), d_m(at::empty_like(grad)),
+        d_alpha(at::empty_like(grad)) {
+    for (size_t k = 0; k < weights.size(); ++k) {
+      d_weights.push_back(at::empty(weights[k].sizes(), grad.options()));
+      d_biases.push_back(at::empty(biases[k].sizes(), grad.options()));
+    }
+  }
 
   template <typename S>
   TurtleBackwardArgs<S> args() const {
+    TurtleWeightGrads<S> d{};
+    for (size_t k = 0; k < d_weights.size(); ++k) {
+      d.weight[k] = d_weights[k].data_ptr<S>();
+      d.bias[k] = d_biases[k].data_ptr<S>();
+    }
     return {d_theta_new.data_ptr<S>(), d_m_new.data_ptr<S>(), grad.data_ptr<S>(),
-            m.data_ptr<S>(),           alpha.data_ptr<S>(),   packed.params.data_ptr<S>(),
+            m.data_ptr<S>(),           alpha.data_ptr<S>(),   turtle_weight_table<S>(weights, biases, t),
             d_theta.data_ptr<S>(),     d_grad.data_ptr<S>(),  d_m.data_ptr<S>(),
-            d_alpha.data_ptr<S>(),     d_params.data_ptr<S>(), grad.numel()};
+            d_alpha.data_ptr<S>(),     d,                     grad.numel()};
   }
 
-  // The gradients of the op's tensor inputs in schema order, the weights' cut out of d_params.
-  TurtleInputGrads result(at::TensorList weights, int64_t t) const {
-    auto [d_weights, d_biases] = unpack_turtle_grads(d_params, packed.net, weights, t);
-    return {d_theta, d_grad, d_m, d_alpha, std::move(d_weights), std::move(d_biases)};
-  }
+  // The gradients of the op's tensor inputs in schema order.
+  TurtleInputGrads result() const { return {d_theta, d_grad, d_m, d_alpha, d_weights, d_biases}; }
 };
 
 }  // namespace lo

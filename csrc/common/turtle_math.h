@@ -3,9 +3,9 @@
 // coordinates) and the CUDA kernels (V = float or double, one coordinate per thread); S is the
 // scalar type of the packed MLP parameters.
 //
-// The MLP the kernels see always has 2 inputs (g, m'): for the paper's [g, m', t] network the glue
-// folds the constant t column into the first bias (b0 + t * W0[:, 2]) and recovers that column's
-// gradient as t * d b0 (both exact in real arithmetic).
+// The MLP the kernels evaluate always has 2 inputs (g, m'): for the paper's [g, m', t] network the
+// constant t column is folded into the first bias (b0 + t * W0[:, 2]) when the kernels stage the
+// weights, and that column's gradient is t * d b0 (both exact in real arithmetic).
 #pragma once
 
 #include <cstdint>
@@ -25,13 +25,14 @@ constexpr int kTurtleMaxWidth = 64;
 // The hidden width the kernels are specialised (fully unrolled) for: the paper's 5 x 20 network.
 constexpr int kTurtlePaperWidth = 20;
 
-// The MLP's shape. The parameters live in one packed buffer: for each layer k, W_k (out x in,
-// row-major as torch.nn.Linear.weight) at offset[k], then b_k (out) right after it.
+// The MLP's shape, and the layout of the packed block in which the kernels hold its parameters
+// while they run (a per-call local copy on the CPU, shared memory on the GPU): for each layer k,
+// W_k (out x in, row-major as torch.nn.Linear.weight) at offset[k], then b_k (out) right after it.
 struct TurtleNet {
   int layers;                           // 1..kTurtleMaxLayers
   int width[kTurtleMaxLayers + 1];      // width[0] = 2 inputs; width[k + 1] = outputs of layer k
-  int64_t offset[kTurtleMaxLayers];     // start of W_k in the packed buffer
-  int64_t num_params;                   // length of the packed buffer
+  int64_t offset[kTurtleMaxLayers];     // start of W_k in the packed block
+  int64_t num_params;                   // length of the packed block
 
   // Every hidden layer (there is at least one) has exactly `w` units: the unrolled kernels apply.
   LO_HD bool hidden_widths_are(int w) const {
@@ -62,14 +63,87 @@ struct TurtleStep {
   }
 };
 
-// What the CPU and CUDA kernels read and write: n coordinates, contiguous.
+// The MLP's weights and biases as the caller's tensors hold them: one pointer and its element
+// strides per tensor, in a table passed by value (as PyTorch's fused Adam passes tensor lists), so
+// that a call copies nothing on the host. W_k's element (o, i) is
+// weight[k][o * row_stride[k] + i * col_stride[k]]; weight[0] may have the third (t) column.
+template <typename S>
+struct TurtleWeights {
+  const S* weight[kTurtleMaxLayers];
+  const S* bias[kTurtleMaxLayers];
+  int64_t row_stride[kTurtleMaxLayers];
+  int64_t col_stride[kTurtleMaxLayers];
+  int64_t bias_stride[kTurtleMaxLayers];
+  bool t_column;  // weight[0] has 3 columns: the input t, a constant of the call
+  S t;            // the step index in S, as torch multiplies an S tensor by it
+};
+
+// Where the backward writes the weight and bias gradients: one fresh contiguous tensor each, shaped
+// as the weight (t column included) or bias it belongs to.
+template <typename S>
+struct TurtleWeightGrads {
+  S* weight[kTurtleMaxLayers];
+  S* bias[kTurtleMaxLayers];
+};
+
+// b_k[o] as the math reads it: for a 3-input first layer, the t column folded in as
+// b_0 + W_0[:, 2] * t (in S; the compiler may fuse it into one FMA, which only rounds less).
+template <typename S>
+LO_HD S turtle_packed_bias(const TurtleWeights<S>& w, int k, int64_t o) {
+  const S b = w.bias[k][o * w.bias_stride[k]];
+  if (k != 0 || !w.t_column) return b;
+  return b + w.weight[0][o * w.row_stride[0] + 2 * w.col_stride[0]] * w.t;
+}
+
+// Entry q (0 <= q < out * in + out) of layer k's block in the packed layout of TurtleNet: W_k
+// row-major, then b_k.
+template <typename S>
+LO_HD S turtle_packed_param(const TurtleWeights<S>& w, const TurtleNet& net, int k, int64_t q) {
+  const int64_t in = net.width[k], out = net.width[k + 1];
+  if (q >= out * in) return turtle_packed_bias(w, k, q - out * in);
+  const int64_t o = q / in, i = q - o * in;
+  return w.weight[k][o * w.row_stride[k] + i * w.col_stride[k]];
+}
+
+// The packed block's entry q of layer k receives the gradient value g (a sum over coordinates):
+// stored where the caller's tensor has it, plus the t column's t * d b_0 for the first bias.
+template <typename S>
+LO_HD void turtle_store_param_grad(const TurtleWeightGrads<S>& d, const TurtleWeights<S>& w,
+                                   const TurtleNet& net, int k, int64_t q, S g) {
+  const int64_t in = net.width[k], out = net.width[k + 1];
+  const int64_t row = k == 0 && w.t_column ? 3 : in;  // the gradient has the weight's own columns
+  if (q < out * in) {
+    const int64_t o = q / in, i = q - o * in;
+    d.weight[k][o * row + i] = g;
+    return;
+  }
+  const int64_t o = q - out * in;
+  d.bias[k][o] = g;
+  if (k == 0 && w.t_column) d.weight[0][o * 3 + 2] = g * w.t;
+}
+
+// The whole packed block from the table (the CPU kernels' per-call copy), row by row.
+template <typename S>
+inline void turtle_pack_params(const TurtleWeights<S>& w, const TurtleNet& net, S* packed) {
+  for (int k = 0; k < net.layers; ++k) {
+    const int64_t in = net.width[k], out = net.width[k + 1];
+    S* block = packed + net.offset[k];
+    for (int64_t o = 0; o < out; ++o) {
+      const S* row = w.weight[k] + o * w.row_stride[k];
+      for (int64_t i = 0; i < in; ++i) block[o * in + i] = row[i * w.col_stride[k]];
+      block[out * in + o] = turtle_packed_bias(w, k, o);
+    }
+  }
+}
+
+// What the CPU and CUDA kernels read and write: n coordinates, contiguous, and the MLP's table.
 template <typename S>
 struct TurtleForwardArgs {
   const S* theta;
   const S* grad;
   const S* m;
   const S* alpha;
-  const S* params;  // packed MLP (TurtleNet)
+  TurtleWeights<S> weights;
   S* theta_new;
   S* m_new;
   int64_t n;
@@ -82,12 +156,12 @@ struct TurtleBackwardArgs {
   const S* grad;
   const S* m;
   const S* alpha;
-  const S* params;
+  TurtleWeights<S> weights;
   S* d_theta;
   S* d_grad;
   S* d_m;
   S* d_alpha;
-  S* d_params;  // packed like params: the sums over all n coordinates
+  TurtleWeightGrads<S> d_weights;  // the sums over all n coordinates
   int64_t n;
 };
 

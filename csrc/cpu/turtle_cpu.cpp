@@ -31,9 +31,9 @@ std::tuple<at::Tensor, at::Tensor> turtle_step_cpu(const at::Tensor& theta, cons
   const TurtleForwardCall call(theta, grad, m, t, alpha, weights, biases);
   const TurtleKernels k = kernels();
   if (theta.scalar_type() == at::kFloat) {
-    k.forward_f32(call.args<float>(), call.packed.net, make_turtle_step<float>(t, beta, grad_clamp));
+    k.forward_f32(call.args<float>(), call.net, make_turtle_step<float>(t, beta, grad_clamp));
   } else {
-    k.forward_f64(call.args<double>(), call.packed.net, make_turtle_step<double>(t, beta, grad_clamp));
+    k.forward_f64(call.args<double>(), call.net, make_turtle_step<double>(t, beta, grad_clamp));
   }
   return {call.theta_new, call.m_new};
 }
@@ -49,11 +49,11 @@ TurtleInputGrads turtle_step_backward_cpu(const at::Tensor& d_theta_new, const a
   const TurtleBackwardCall call(d_theta_new, d_m_new, grad, m, t, alpha, weights, biases);
   const TurtleKernels k = kernels();
   if (theta.scalar_type() == at::kFloat) {
-    k.backward_f32(call.args<float>(), call.packed.net, make_turtle_step<float>(t, beta, grad_clamp));
+    k.backward_f32(call.args<float>(), call.net, make_turtle_step<float>(t, beta, grad_clamp));
   } else {
-    k.backward_f64(call.args<double>(), call.packed.net, make_turtle_step<double>(t, beta, grad_clamp));
+    k.backward_f64(call.args<double>(), call.net, make_turtle_step<double>(t, beta, grad_clamp));
   }
-  return call.result(weights, t);
+  return call.result();
 }
 
 }  // namespace

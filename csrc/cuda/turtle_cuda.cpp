@@ -1,5 +1,5 @@
-// Torch glue of turtle_step on CUDA: argument checks, device guard and current stream, packing of
-// the MLP, allocation of the outputs and of the backward's scratch, dtype dispatch. The kernels are
+// Torch glue of turtle_step on CUDA: argument checks, device guard and current stream, allocation
+// of the outputs and of the kernels' scratch, dtype dispatch. The kernels are
 // in turtle_kernel.cu, the per-coordinate math in common/turtle_math.h.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -28,12 +28,20 @@ std::tuple<at::Tensor, at::Tensor> turtle_step_cuda(const at::Tensor& theta, con
   const c10::cuda::CUDAGuard guard(theta.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const TurtleForwardCall call(theta, grad, m, t, alpha, weights, biases);
+  const bool f32 = theta.scalar_type() == at::kFloat;
+  const int64_t scratch_bytes = f32 ? turtle_forward_scratch_bytes<float>(call.net)
+                                    : turtle_forward_scratch_bytes<double>(call.net);
+  // Only a network too large for shared memory needs any (turtle_kernel.h).
+  at::Tensor scratch;
+  if (scratch_bytes > 0) scratch = at::empty({scratch_bytes}, theta.options().dtype(at::kByte));
+  void* scratch_ptr = scratch_bytes > 0 ? scratch.data_ptr() : nullptr;
   const Status status =
-      theta.scalar_type() == at::kFloat
-          ? ::lo::cuda::turtle_forward<float>(call.args<float>(), call.packed.net,
-                                              make_turtle_step<float>(t, beta, grad_clamp), stream)
-          : ::lo::cuda::turtle_forward<double>(call.args<double>(), call.packed.net,
-                                               make_turtle_step<double>(t, beta, grad_clamp), stream);
+      f32 ? ::lo::cuda::turtle_forward<float>(call.args<float>(), call.net,
+                                              make_turtle_step<float>(t, beta, grad_clamp),
+                                              scratch_ptr, stream)
+          : ::lo::cuda::turtle_forward<double>(call.args<double>(), call.net,
+                                               make_turtle_step<double>(t, beta, grad_clamp),
+                                               scratch_ptr, stream);
   check_status(status, op);
   return {call.theta_new, call.m_new};
 }
@@ -50,18 +58,19 @@ TurtleInputGrads turtle_step_backward_cuda(const at::Tensor& d_theta_new, const 
   const c10::cuda::CUDAGuard guard(theta.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const TurtleBackwardCall call(d_theta_new, d_m_new, grad, m, t, alpha, weights, biases);
-  at::Tensor scratch = at::empty({turtle_backward_scratch_bytes(theta.numel(), call.packed.net)},
-                                 theta.options().dtype(at::kByte));
+  const bool f32 = theta.scalar_type() == at::kFloat;
+  const int64_t scratch_bytes = f32 ? turtle_backward_scratch_bytes<float>(theta.numel(), call.net)
+                                    : turtle_backward_scratch_bytes<double>(theta.numel(), call.net);
+  at::Tensor scratch = at::empty({scratch_bytes}, theta.options().dtype(at::kByte));
   const Status status =
-      theta.scalar_type() == at::kFloat
-          ? ::lo::cuda::turtle_backward<float>(call.args<float>(), call.packed.net,
+      f32 ? ::lo::cuda::turtle_backward<float>(call.args<float>(), call.net,
                                                make_turtle_step<float>(t, beta, grad_clamp),
                                                scratch.data_ptr(), stream)
-          : ::lo::cuda::turtle_backward<double>(call.args<double>(), call.packed.net,
+          : ::lo::cuda::turtle_backward<double>(call.args<double>(), call.net,
                                                 make_turtle_step<double>(t, beta, grad_clamp),
                                                 scratch.data_ptr(), stream);
   check_status(status, op);
-  return call.result(weights, t);
+  return call.result();
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // CUDA kernels of turtle_step and its backward: one thread per coordinate, the per-coordinate math
-// of common/turtle_math.h in S (float or double), the MLP's packed parameters in shared memory.
+// of common/turtle_math.h in S (float or double). Each block gathers the MLP's parameters from the
+// caller's tensors (the TurtleWeights pointer table) into the packed layout in shared memory; a
+// network too large for it is packed once into global scratch by a small kernel instead.
 //
 // Weight and bias gradients are sums over the n coordinates, computed without atomics so that a
 // re-run gives the same bits: a grid whose size depends on n and the network only; each block
@@ -26,20 +28,47 @@ constexpr int kBackwardThreads = kH > 0 ? 128 : 64;
 template <int kH>
 constexpr int kStageStride = (kH > 0 ? kH : kTurtleMaxWidth) | 1;
 
+// The packed parameters where the math reads them: gathered into shared memory by the block's
+// threads (kSharedParams), or the copy turtle_pack_kernel left in global memory.
+template <bool kSharedParams, typename S>
+__device__ const S* stage_params(const TurtleWeights<S>& w, const TurtleNet& net,
+                                 const S* LO_RESTRICT global_packed, S* shared) {
+  if constexpr (kSharedParams) {
+    for (int k = 0; k < net.layers; ++k) {
+      const int64_t size = int64_t(net.width[k + 1]) * (net.width[k] + 1);
+      for (int64_t q = threadIdx.x; q < size; q += blockDim.x)
+        shared[net.offset[k] + q] = turtle_packed_param(w, net, k, q);
+    }
+    __syncthreads();
+    return shared;
+  } else {
+    return global_packed;
+  }
+}
+
+// The layer whose block of the packed layout holds entry p.
+__device__ int layer_of(const TurtleNet& net, int64_t p) {
+  int k = 0;
+  while (k + 1 < net.layers && p >= net.offset[k + 1]) ++k;
+  return k;
+}
+
 template <typename S>
-__device__ const S* params_in_shared(const S* LO_RESTRICT global, int64_t count, S* shared) {
-  for (int64_t p = threadIdx.x; p < count; p += blockDim.x) shared[p] = global[p];
-  __syncthreads();
-  return shared;
+__global__ void __launch_bounds__(kReduceThreads)
+    turtle_pack_kernel(TurtleWeights<S> w, TurtleNet net, S* LO_RESTRICT packed) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= net.num_params) return;
+  const int k = layer_of(net, p);
+  packed[p] = turtle_packed_param(w, net, k, p - net.offset[k]);
 }
 
 template <int kH, bool kSharedParams, typename S>
 __global__ void __launch_bounds__(kForwardThreads)
-    turtle_forward_kernel(TurtleForwardArgs<S> a, TurtleNet net, TurtleStep<S> st) {
+    turtle_forward_kernel(TurtleForwardArgs<S> a, TurtleNet net, TurtleStep<S> st,
+                          const S* LO_RESTRICT global_packed) {
   extern __shared__ __align__(16) unsigned char shared_bytes[];
-  const S* params = a.params;
-  if constexpr (kSharedParams)
-    params = params_in_shared(a.params, net.num_params, reinterpret_cast<S*>(shared_bytes));
+  const S* params = stage_params<kSharedParams>(a.weights, net, global_packed,
+                                                reinterpret_cast<S*>(shared_bytes));
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < a.n; j += stride) {
     S theta_new, m_new;
@@ -52,14 +81,14 @@ __global__ void __launch_bounds__(kForwardThreads)
 template <int kH, bool kSharedParams, typename S>
 __global__ void __launch_bounds__(kBackwardThreads<kH>)
     turtle_backward_kernel(TurtleBackwardArgs<S> a, TurtleNet net, TurtleStep<S> st,
-                           double* LO_RESTRICT partials) {
+                           const S* LO_RESTRICT global_packed, double* LO_RESTRICT partials) {
   constexpr int kThreads = kBackwardThreads<kH>;
   constexpr int kStride = kStageStride<kH>;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   S* stage_dz = reinterpret_cast<S*>(shared_bytes);  // [coordinate][unit]
   S* stage_in = stage_dz + kThreads * kStride;
-  const S* params = a.params;
-  if constexpr (kSharedParams) params = params_in_shared(a.params, net.num_params, stage_in + kThreads * kStride);
+  const S* params =
+      stage_params<kSharedParams>(a.weights, net, global_packed, stage_in + kThreads * kStride);
 
   const int tid = threadIdx.x;
   double* LO_RESTRICT row = partials + int64_t(blockIdx.x) * net.num_params;
@@ -110,15 +139,17 @@ __global__ void __launch_bounds__(kBackwardThreads<kH>)
   }
 }
 
+// Adds the blocks' rows in block order and writes each sum into its weight's or bias's gradient.
 template <typename S>
 __global__ void __launch_bounds__(kReduceThreads)
     turtle_reduce_partials_kernel(const double* LO_RESTRICT partials, int64_t blocks,
-                                  int64_t num_params, S* LO_RESTRICT out) {
+                                  TurtleNet net, TurtleWeights<S> w, TurtleWeightGrads<S> d) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= num_params) return;
+  if (p >= net.num_params) return;
   double sum = 0.0;
-  for (int64_t b = 0; b < blocks; ++b) sum += partials[b * num_params + p];
-  out[p] = static_cast<S>(sum);
+  for (int64_t b = 0; b < blocks; ++b) sum += partials[b * net.num_params + p];
+  const int k = layer_of(net, p);
+  turtle_store_param_grad(d, w, net, k, p - net.offset[k], static_cast<S>(sum));
 }
 
 int64_t backward_blocks(int64_t n, const TurtleNet& net) {
@@ -152,67 +183,120 @@ Status launch(Kernel kernel, int64_t blocks, int threads, int64_t shared, cudaSt
   return Status::kOk;
 }
 
+template <typename S>
+int64_t param_bytes(const TurtleNet& net) {
+  return net.num_params * int64_t(sizeof(S));
+}
+
+template <int kH, typename S>
+int64_t backward_stage_bytes() {
+  return 2 * int64_t(kBackwardThreads<kH>) * kStageStride<kH> * int64_t(sizeof(S));
+}
+
+template <typename S>
+int64_t backward_stage_bytes(const TurtleNet& net) {
+  return net.hidden_widths_are(kTurtlePaperWidth) ? backward_stage_bytes<kTurtlePaperWidth, S>()
+                                                  : backward_stage_bytes<0, S>();
+}
+
+bool forward_params_in_shared(int64_t param_bytes) { return param_bytes <= max_shared_bytes(); }
+
+template <typename S>
+bool backward_params_in_shared(const TurtleNet& net) {
+  return backward_stage_bytes<S>(net) + param_bytes<S>(net) <= max_shared_bytes();
+}
+
+// The packed copy in global memory, for a network too large for shared memory.
+template <typename S>
+Status pack_params(const TurtleWeights<S>& w, const TurtleNet& net, S* packed, cudaStream_t stream) {
+  const int64_t blocks = (net.num_params + kReduceThreads - 1) / kReduceThreads;
+  return launch(turtle_pack_kernel<S>, blocks, kReduceThreads, 0, stream, w, net, packed);
+}
+
 template <int kH, typename S>
 Status forward_with(const TurtleForwardArgs<S>& a, const TurtleNet& net, const TurtleStep<S>& st,
-                    cudaStream_t stream) {
+                    void* scratch, cudaStream_t stream) {
   const int64_t blocks = grid_size(a.n, kForwardThreads);
-  const int64_t param_bytes = net.num_params * int64_t(sizeof(S));
-  if (param_bytes <= max_shared_bytes())
-    return launch(turtle_forward_kernel<kH, true, S>, blocks, kForwardThreads, param_bytes, stream, a,
-                  net, st);
-  return launch(turtle_forward_kernel<kH, false, S>, blocks, kForwardThreads, 0, stream, a, net, st);
+  if (forward_params_in_shared(param_bytes<S>(net)))
+    return launch(turtle_forward_kernel<kH, true, S>, blocks, kForwardThreads, param_bytes<S>(net),
+                  stream, a, net, st, static_cast<const S*>(nullptr));
+  S* packed = static_cast<S*>(scratch);
+  const Status s = pack_params(a.weights, net, packed, stream);
+  if (s != Status::kOk) return s;
+  return launch(turtle_forward_kernel<kH, false, S>, blocks, kForwardThreads, 0, stream, a, net, st,
+                static_cast<const S*>(packed));
 }
 
 template <int kH, typename S>
 Status backward_with(const TurtleBackwardArgs<S>& a, const TurtleNet& net, const TurtleStep<S>& st,
-                     double* partials, int64_t blocks, cudaStream_t stream) {
+                     S* packed, double* partials, int64_t blocks, cudaStream_t stream) {
   constexpr int kThreads = kBackwardThreads<kH>;
-  const int64_t stage_bytes = 2 * int64_t(kThreads) * kStageStride<kH> * int64_t(sizeof(S));
-  const int64_t param_bytes = net.num_params * int64_t(sizeof(S));
-  const int64_t limit = max_shared_bytes();
-  if (stage_bytes > limit) return Status::kUnsupportedShape;
-  if (stage_bytes + param_bytes <= limit)
-    return launch(turtle_backward_kernel<kH, true, S>, blocks, kThreads, stage_bytes + param_bytes,
-                  stream, a, net, st, partials);
+  const int64_t stage_bytes = backward_stage_bytes<kH, S>();
+  if (stage_bytes > max_shared_bytes()) return Status::kUnsupportedShape;
+  if (backward_params_in_shared<S>(net))
+    return launch(turtle_backward_kernel<kH, true, S>, blocks, kThreads,
+                  stage_bytes + param_bytes<S>(net), stream, a, net, st,
+                  static_cast<const S*>(nullptr), partials);
+  const Status s = pack_params(a.weights, net, packed, stream);
+  if (s != Status::kOk) return s;
   return launch(turtle_backward_kernel<kH, false, S>, blocks, kThreads, stage_bytes, stream, a, net,
-                st, partials);
+                st, static_cast<const S*>(packed), partials);
+}
+
+// The backward's scratch: the blocks' rows of double partials, then (when needed) the packed copy.
+int64_t partials_bytes(int64_t n, const TurtleNet& net) {
+  return (n == 0 ? 0 : backward_blocks(n, net)) * net.num_params * int64_t(sizeof(double));
 }
 
 }  // namespace
 
 template <typename S>
-Status turtle_forward(const TurtleForwardArgs<S>& a, const TurtleNet& net, const TurtleStep<S>& st,
-                      cudaStream_t stream) {
-  if (a.n == 0) return Status::kOk;
-  if (net.hidden_widths_are(kTurtlePaperWidth))
-    return forward_with<kTurtlePaperWidth>(a, net, st, stream);
-  return forward_with<0>(a, net, st, stream);
+int64_t turtle_forward_scratch_bytes(const TurtleNet& net) {
+  return forward_params_in_shared(param_bytes<S>(net)) ? 0 : param_bytes<S>(net);
 }
 
+template <typename S>
+Status turtle_forward(const TurtleForwardArgs<S>& a, const TurtleNet& net, const TurtleStep<S>& st,
+                      void* scratch, cudaStream_t stream) {
+  if (a.n == 0) return Status::kOk;
+  if (net.hidden_widths_are(kTurtlePaperWidth))
+    return forward_with<kTurtlePaperWidth>(a, net, st, scratch, stream);
+  return forward_with<0>(a, net, st, scratch, stream);
+}
+
+template <typename S>
 int64_t turtle_backward_scratch_bytes(int64_t n, const TurtleNet& net) {
-  return backward_blocks(n, net) * net.num_params * int64_t(sizeof(double));
+  const int64_t packed = backward_params_in_shared<S>(net) ? 0 : param_bytes<S>(net);
+  return partials_bytes(n, net) + packed;
 }
 
 template <typename S>
 Status turtle_backward(const TurtleBackwardArgs<S>& a, const TurtleNet& net, const TurtleStep<S>& st,
                        void* scratch, cudaStream_t stream) {
   double* partials = static_cast<double*>(scratch);
+  // After the partials, which are doubles: aligned for S.
+  S* packed = reinterpret_cast<S*>(static_cast<unsigned char*>(scratch) + partials_bytes(a.n, net));
   const int64_t blocks = a.n == 0 ? 0 : backward_blocks(a.n, net);
   if (blocks > 0) {
-    const Status s = net.hidden_widths_are(kTurtlePaperWidth)
-                         ? backward_with<kTurtlePaperWidth>(a, net, st, partials, blocks, stream)
-                         : backward_with<0>(a, net, st, partials, blocks, stream);
+    const Status s =
+        net.hidden_widths_are(kTurtlePaperWidth)
+            ? backward_with<kTurtlePaperWidth>(a, net, st, packed, partials, blocks, stream)
+            : backward_with<0>(a, net, st, packed, partials, blocks, stream);
     if (s != Status::kOk) return s;
   }
   const int64_t reduce_blocks = (net.num_params + kReduceThreads - 1) / kReduceThreads;
   return launch(turtle_reduce_partials_kernel<S>, reduce_blocks, kReduceThreads, 0, stream,
-                static_cast<const double*>(partials), blocks, net.num_params, a.d_params);
+                static_cast<const double*>(partials), blocks, net, a.weights, a.d_weights);
 }
 
+template int64_t turtle_forward_scratch_bytes<float>(const TurtleNet&);
+template int64_t turtle_forward_scratch_bytes<double>(const TurtleNet&);
+template int64_t turtle_backward_scratch_bytes<float>(int64_t, const TurtleNet&);
+template int64_t turtle_backward_scratch_bytes<double>(int64_t, const TurtleNet&);
 template Status turtle_forward<float>(const TurtleForwardArgs<float>&, const TurtleNet&,
-                                      const TurtleStep<float>&, cudaStream_t);
+                                      const TurtleStep<float>&, void*, cudaStream_t);
 template Status turtle_forward<double>(const TurtleForwardArgs<double>&, const TurtleNet&,
-                                       const TurtleStep<double>&, cudaStream_t);
+                                       const TurtleStep<double>&, void*, cudaStream_t);
 template Status turtle_backward<float>(const TurtleBackwardArgs<float>&, const TurtleNet&,
                                        const TurtleStep<float>&, void*, cudaStream_t);
 template Status turtle_backward<double>(const TurtleBackwardArgs<double>&, const TurtleNet&,
