@@ -490,3 +490,19 @@ def test_turtle_host_refuses_a_missing_comparison():
 
     with pytest.raises(SystemExit):
         turtle_host.main([])
+
+
+def test_ab_runs_bench_ops_in_both_checkouts_and_compares_the_fused_medians(tmp_path):
+    """bench.ab alternates the two checkouts' bench.ops runs and summarises the fused rows (here
+    the same checkout twice: the keys match, the medians are real timings)."""
+    from bench import ab
+
+    repo = Path(__file__).resolve().parents[1]
+    assert ab.main(["--trees", str(repo), str(repo), "--rounds", "1", "--name", "t", "--out-dir",
+                    str(tmp_path), "--", "--ops", "preprocess", "--impls", "fused", "--sizes", "1e3",
+                    "--modes", "forward", "--budget", "0.01", "--label", "smoke"]) == 0
+    (folder,) = tmp_path.iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary["median_s"]["A"]) == set(summary["median_s"]["B"]) == {"preprocess forward n=1000"}
+    assert all(0 < s < 1 for side in summary["median_s"].values() for s in side.values())
+    assert sorted(p.name for p in folder.iterdir()) == ["round0-A.json", "round0-B.json", "summary.json"]

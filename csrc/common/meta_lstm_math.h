@@ -213,25 +213,40 @@ LO_HD void meta_lstm_gates_backward(const MetaLSTMParams<S>& P, const V* d_gate,
   using In = MetaLSTMInput<D>;
   constexpr int kH = HiddenArray<HC>::size;
   const int H = HC > 0 ? HC : P.hidden;
-  V d_h_acc[kH];  // local, so that it can live in registers across the loop over rows
+  // The hidden-20 kernel's 20 + G accumulators in register blocks (kRegisterBlock): one pass over
+  // the rows per block of hidden units, the xg columns with the first. Any other width: one pass.
+  constexpr int kBlock = HC > 0 && HC > kRegisterBlock<V> && HC % kRegisterBlock<V> == 0
+                             ? kRegisterBlock<V> : kH;
+  constexpr int kBlocks = kH / kBlock;
   LO_UNROLL
-  for (int m = 0; m < H; ++m) d_h_acc[m] = splat<V>(0);
-  V d_xg_acc[In::grad_columns];
-  LO_UNROLL
-  for (int d = 0; d < In::grad_columns; ++d) d_xg_acc[d] = splat<V>(0);
-  LO_UNROLL_OUTER
-  for (int r = 0; r < 4 * H; ++r) {
-    const V dr = d_gate[r];
-    const S* w = P.w_hh + static_cast<int64_t>(r) * H;
+  for (int block = 0; block < kBlocks; ++block) {
+    const int first = block * kBlock;
+    const int count = HC > 0 ? kBlock : H;
+    V d_h_acc[kBlock];  // local, so that it can live in registers across the loop over rows
     LO_UNROLL
-    for (int m = 0; m < H; ++m) d_h_acc[m] += dr * splat<V>(w[m]);
+    for (int m = 0; m < count; ++m) d_h_acc[m] = splat<V>(0);
+    V d_xg_acc[In::grad_columns];
     LO_UNROLL
-    for (int d = 0; d < In::grad_columns; ++d) d_xg_acc[d] += dr * splat<V>(P.w_ih[r * D + In::first_grad_column + d]);
+    for (int d = 0; d < In::grad_columns; ++d) d_xg_acc[d] = splat<V>(0);
+    LO_UNROLL_OUTER
+    for (int r = 0; r < 4 * H; ++r) {
+      const V dr = d_gate[r];
+      const S* w = P.w_hh + static_cast<int64_t>(r) * H + first;
+      LO_UNROLL
+      for (int m = 0; m < count; ++m) d_h_acc[m] += dr * splat<V>(w[m]);
+      if (block == 0) {
+        LO_UNROLL
+        for (int d = 0; d < In::grad_columns; ++d)
+          d_xg_acc[d] += dr * splat<V>(P.w_ih[r * D + In::first_grad_column + d]);
+      }
+    }
+    LO_UNROLL
+    for (int m = 0; m < count; ++m) d_h[first + m] = d_h_acc[m];
+    if (block == 0) {
+      LO_UNROLL
+      for (int d = 0; d < In::grad_columns; ++d) d_xg[d] = d_xg_acc[d];
+    }
   }
-  LO_UNROLL
-  for (int m = 0; m < H; ++m) d_h[m] = d_h_acc[m];
-  LO_UNROLL
-  for (int d = 0; d < In::grad_columns; ++d) d_xg[d] = d_xg_acc[d];
 }
 
 // d loss / d grad: the direct path (theta_new = ... - σ(i) grad) plus the one through xg.

@@ -25,6 +25,20 @@ LO_HD V splat_lanes(T s, std::index_sequence<L...>) {
 }
 }  // namespace detail
 
+// Accumulators a loop over weights keeps live at once (a dense layer's outputs, a transposed
+// product's inputs), as many as stay in registers beside an input and a broadcast weight. AVX-512's
+// 32 vector registers and a GPU thread hold the 20-22 of the kernels' hidden-20 loops; the 16 of
+// SSE and AVX2 (and the scalar double path) hold about 13, so those go 10 at a time: with 20 live,
+// GCC spilled 246 of a TURTLE 20x20 layer's 400 FMA results to the stack on AVX2
+// (bench/instruction_mix/README.md). Blocking never changes the order of any one sum.
+template <typename V>
+constexpr int kRegisterBlock =
+#if defined(__CUDACC__)
+    1 << 20;
+#else
+    sizeof(V) >= 64 ? 1 << 20 : 10;
+#endif
+
 // A constant of the value type V: a scalar, or the same number in every SIMD lane. A plain
 // conversion or a vector built from W copies: `V{} + s` would cost an add per use, which IEEE
 // rules (0 + -0 = +0) forbid the compiler to drop, and a loop of lane stores gets SLP-vectorised

@@ -188,30 +188,53 @@ LO_HD V relu_keep_nan(V x) {
   return select(x < splat<V>(0), splat<V>(0), x);
 }
 
+// Blocks of at most kRegisterBlock<V> of a compile-time count kN (which they divide), or one
+// block of the run-time count n when kN == 0: f(first, count) for each, with a compile-time count
+// where kN > 0.
+template <int kN, typename V, typename F>
+LO_HD void for_register_blocks(int n, const F& f) {
+  constexpr int kBlock = kN > kRegisterBlock<V> ? kRegisterBlock<V> : kN;
+  static_assert(kN == 0 || kN % kBlock == 0, "a compile-time width must split into whole blocks");
+  constexpr int kBlocks = kN > 0 ? kN / kBlock : 1;
+  for_n<kBlocks>(kBlocks, [&](int block) { f(block * kBlock, kN > 0 ? kBlock : n, Count<kBlock>{}); });
+}
+
 // z = W a + b for one layer with W (out x in) row-major, then ReLU when kRelu. Input by input
 // (column by column of W): the `out` sums are independent chains that keep the FMA units busy,
-// where one dot product per output would wait on its own latency. Each z[o] still adds b[o],
-// W[o][0] a[0], W[o][1] a[1], ... in that order.
+// where one dot product per output would wait on its own latency; in register blocks of outputs
+// (kRegisterBlock in common/scalar_math.h). Each z[o] still adds b[o], W[o][0] a[0], W[o][1] a[1], ... in that order, whatever the
+// blocking.
 template <int kIn, int kOut, bool kRelu, typename V, typename S>
 LO_HD void turtle_dense(const S* LO_RESTRICT w, const S* LO_RESTRICT b, const V* a, V* z, int in,
                         int out) {
   const int stride = kIn > 0 ? kIn : in;
-  for_n<kOut>(out, [&](int o) { z[o] = splat<V>(b[o]); });
-  for_n<kIn>(in, [&](int i) {
-    const V a_i = a[i];
-    for_n<kOut>(out, [&](int o) { z[o] += splat<V>(w[o * stride + i]) * a_i; });
+  for_register_blocks<kOut, V>(out, [&](int first, int count, auto block) {
+    constexpr int kBlock = decltype(block)::value;
+    V* zb = z + first;
+    const S* wb = w + first * stride;
+    for_n<kBlock>(count, [&](int o) { zb[o] = splat<V>(b[first + o]); });
+    for_n<kIn>(in, [&](int i) {
+      const V a_i = a[i];
+      for_n<kBlock>(count, [&](int o) { zb[o] += splat<V>(wb[o * stride + i]) * a_i; });
+    });
   });
   if (kRelu) for_n<kOut>(out, [&](int o) { z[o] = relu_keep_nan(z[o]); });
 }
 
-// da = W^T dz: the gradient reaching a layer's inputs.
+// da = W^T dz: the gradient reaching a layer's inputs, in register blocks of inputs. Each da[i]
+// adds W[0][i] dz[0], W[1][i] dz[1], ... in that order.
 template <int kIn, int kOut, typename V, typename S>
 LO_HD void turtle_dense_transpose(const S* LO_RESTRICT w, const V* dz, V* da, int in, int out) {
   const int stride = kIn > 0 ? kIn : in;
-  for_n<kIn>(in, [&](int i) { da[i] = splat<V>(w[i]) * dz[0]; });
-  for (int o = 1; o < (kOut > 0 ? kOut : out); ++o) {
-    for_n<kIn>(in, [&](int i) { da[i] += splat<V>(w[o * stride + i]) * dz[o]; });
-  }
+  for_register_blocks<kIn, V>(in, [&](int first, int count, auto block) {
+    constexpr int kBlock = decltype(block)::value;
+    V* dab = da + first;
+    const S* wb = w + first;
+    for_n<kBlock>(count, [&](int i) { dab[i] = splat<V>(wb[i]) * dz[0]; });
+    for (int o = 1; o < (kOut > 0 ? kOut : out); ++o) {
+      for_n<kBlock>(count, [&](int i) { dab[i] += splat<V>(wb[o * stride + i]) * dz[o]; });
+    }
+  });
 }
 
 template <typename V, typename S>
