@@ -506,3 +506,23 @@ def test_ab_runs_bench_ops_in_both_checkouts_and_compares_the_fused_medians(tmp_
     assert set(summary["median_s"]["A"]) == set(summary["median_s"]["B"]) == {"preprocess forward n=1000"}
     assert all(0 < s < 1 for side in summary["median_s"].values() for s in side.values())
     assert sorted(p.name for p in folder.iterdir()) == ["round0-A.json", "round0-B.json", "summary.json"]
+
+
+def test_kernel_bound_reports_each_call_against_the_probe(tmp_path):
+    from bench import kernel_bound
+
+    out = tmp_path / "kb.json"
+    assert kernel_bound.main(["--sizes", "300", "--threads", "1", "--budget", "0.01", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["op"], r["call"]) for r in rows} == {("meta_lstm_step", "functional"),
+                                                     ("meta_lstm_step", "inplace"), ("turtle_step", "functional")}
+    for r in rows:
+        assert r["n"] == 300 and r["threads"] == 1 and r["median_s"] > 0
+        assert r["probe_fraction"] == pytest.approx(r["flop"] / r["median_s"] / r["probe_flop_per_s"])
+
+
+def test_kernel_bound_refuses_bad_sizes():
+    from bench import kernel_bound
+
+    with pytest.raises(SystemExit):
+        kernel_bound.main(["--sizes", "0"])

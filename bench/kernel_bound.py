@@ -1,0 +1,103 @@
+"""Where a fused CPU forward's time goes: the kernel against the call. For 1 and 2 threads, the
+FMA probe's rate at that thread count, then per n the forward's counted FLOP rate as a fraction of
+it, for the functional op (fresh outputs every call, as `bench.ops` times it) and, for the LSTM,
+`meta_lstm_step_inplace` (the same kernel writing into the state it reads: no output allocation,
+so no page faults of fresh memory). The gap between the two is allocation; what is left below the
+instruction-mix bound (bench/instruction_mix/README.md) is the kernel's own.
+
+    python3 -m bench.kernel_bound [--sizes 1e4,1e5,1e6] [--budget 0.5] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.machine import cpu_model, cpu_simd_path, load_average, measure_cpu_fma_peak
+from bench.ops import meta_lstm_forward_flop, turtle_forward_flop
+from bench.results import RESULTS_DIR, write_json
+from bench.timing import measure
+
+
+def lstm_inputs(n: int, gen: torch.Generator, hidden: int = 20):
+    def r(*shape, scale=1.0):
+        return (torch.rand(*shape, generator=gen) * 2 - 1) * scale
+
+    return [r(n), r(n, scale=0.1), r(()).abs(), r(n, hidden), r(n, hidden), r(n), r(n),
+            r(4 * hidden, 4, scale=0.3), r(4 * hidden, hidden, scale=0.3), r(4 * hidden),
+            r(4 * hidden), r(hidden + 2, scale=0.1), r(1), r(hidden + 2, scale=0.1), r(1)]
+
+
+def turtle_inputs(n: int, gen: torch.Generator, sizes=(3, 20, 20, 20, 20, 20, 1)):
+    weights = [torch.randn(o, i, generator=gen) * 0.3 for i, o in zip(sizes, sizes[1:])]
+    biases = [torch.randn(o, generator=gen) * 0.1 for o in sizes[1:]]
+    state = [torch.randn(n, generator=gen) for _ in range(4)]
+    return state, weights, biases
+
+
+def rows_for(n: int, budget: float) -> list[dict]:
+    device = torch.device("cpu")
+    gen = torch.Generator().manual_seed(n)
+    rows = []
+    x = lstm_inputs(n, gen)
+    lstm = torch.ops.learnedopt.meta_lstm_step
+    inplace = torch.ops.learnedopt.meta_lstm_step_inplace
+    flop = meta_lstm_forward_flop(20, 4) * n
+    with torch.no_grad():
+        rows.append({"op": "meta_lstm_step", "call": "functional", "n": n, "flop": flop,
+                     "median_s": measure(lambda i: lstm(*x, 10.0, 0.0, False), device, budget).median_s})
+        rows.append({"op": "meta_lstm_step", "call": "inplace", "n": n, "flop": flop,
+                     "median_s": measure(lambda i: inplace(*x, 10.0, 0.0, False), device, budget).median_s})
+        (theta, grad, m, alpha), weights, biases = turtle_inputs(n, gen)
+        turtle = torch.ops.learnedopt.turtle_step
+        rows.append({"op": "turtle_step", "call": "functional", "n": n,
+                     "flop": turtle_forward_flop([3, 20, 20, 20, 20, 20, 1]) * n,
+                     "median_s": measure(lambda i: turtle(theta, grad, m, 1, alpha, weights, biases, 0.9, 10.0),
+                                         device, budget).median_s})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1e4,1e5,1e6")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(float(s)) for s in args.sizes.split(",")]
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        parser.error("--sizes and --threads take comma-separated numbers")
+    if any(n < 1 for n in sizes) or any(t < 1 for t in threads):
+        parser.error("--sizes and --threads must be >= 1")
+    import learnedopt  # noqa: F401  (registers the ops)
+    results = []
+    print("| threads | op | call | n | time | GFLOP/s | of the probe |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for t in threads:
+        torch.set_num_threads(t)
+        peak, _ = measure_cpu_fma_peak(1.0)
+        for n in sizes:
+            for row in rows_for(n, args.budget):
+                row.update(threads=t, probe_flop_per_s=peak, flop_per_s=row["flop"] / row["median_s"])
+                row["probe_fraction"] = row["flop_per_s"] / peak if peak else None
+                results.append(row)
+                print(f"| {t} | `{row['op']}` | {row['call']} | {n:.0e} | {row['median_s'] * 1e3:.3g} ms "
+                      f"| {row['flop_per_s'] / 1e9:.1f} | {100 * (row['probe_fraction'] or 0):.1f} % |")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    record = {"benchmark": "kernel_bound", "date": stamp,
+              "command": "python3 -m bench.kernel_bound " + " ".join(sys.argv[1:] if argv is None else argv),
+              "cpu_model": cpu_model(), "simd_path": cpu_simd_path(), "load_average": load_average(),
+              "results": results}
+    path = write_json(record, args.out or RESULTS_DIR / "ab" / f"kernel_bound-{stamp}.json")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
