@@ -261,3 +261,20 @@ def test_every_mutant_still_applies_to_the_sources():
     for mutant in mutants.MUTANTS:
         text = (REPO / "csrc" / mutant.file).read_text()
         assert text.count(mutant.original) == 1, (mutant.name, text.count(mutant.original))
+
+
+def test_a_killed_builds_lock_does_not_hang_the_next_build(tmp_path):
+    """torch's builder leaves its `lock` file behind when a build is killed, and the next build in
+    that folder would wait for it forever; ours clears it under a flock that dies with its holder,
+    and a second builder waits for the first (a non-blocking attempt from another process fails)."""
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    (build_dir / "lock").touch()  # what a killed build leaves
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'w')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)")
+    with build.exclusive_build(build_dir):
+        assert not (build_dir / "lock").exists()
+        held = subprocess.run([sys.executable, "-c", probe, str(build_dir / "build.flock")])
+        assert held.returncode == 3
+    free = subprocess.run([sys.executable, "-c", probe, str(build_dir / "build.flock")])
+    assert free.returncode == 0

@@ -16,6 +16,8 @@ the repository), MAX_JOBS (parallel compile jobs), CXX (the compiler, default c+
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -176,6 +178,25 @@ def build(*, verbose: bool = False, root: Path = CACHE, csrc: Path = REPO / "csr
     return lib, True
 
 
+@contextlib.contextmanager
+def exclusive_build(build_dir: Path):
+    """Holds an exclusive lock on ``build_dir`` for one compile, and clears a stale torch baton.
+
+    torch's extension builder guards a build folder with a ``lock`` file that only the builder
+    itself deletes: a build that was killed (Ctrl-C, a CI timeout) leaves it behind, and every
+    later build there then waits for it forever. Every build of ours first takes this flock
+    (released by the kernel when its holder dies, however it dies), so whoever holds it knows that
+    any ``lock`` file is left from a dead build and removes it."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "build.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def compile_into(out: Path, csrc: Path, verbose: bool) -> Path:
     """Generates the sources under ``out/src`` and compiles them in ``out/build`` (ninja: only what
     changed since the last build there); loads the library into this process and returns its path."""
@@ -189,16 +210,21 @@ def compile_into(out: Path, csrc: Path, verbose: bool) -> Path:
         print(f"building the CUDA emulation library in {out} ({len(units)} files, {jobs} jobs; "
               "about 2 minutes on 2 cores)", flush=True)
     src = out / "src"
+    with exclusive_build(out / "build"):
+        load_library(cpp_extension, units, src, out, verbose)
+    lib = library_path(out / "build")
+    if not lib.is_file():
+        raise RuntimeError(f"the emulated build finished without {lib}")
+    return lib
+
+
+def load_library(cpp_extension, units, src: Path, out: Path, verbose: bool) -> None:
     cpp_extension.load(
         name=LIBRARY_NAME, sources=[str(u) for u in units],
         extra_include_paths=[str(HERE / "include"), str(HERE), str(src / "csrc"), str(src / "hip-cpu" / "include")],
         # -O2: the emulated kernels run the suite's large cases, so they must be optimised.
         extra_cflags=["-O2", "-Wno-unknown-pragmas", "-Wno-attributes", "-Wno-psabi"], extra_ldflags=["-ltbb"],
         build_directory=str(out / "build"), verbose=verbose, is_python_module=False)
-    lib = library_path(out / "build")
-    if not lib.is_file():
-        raise RuntimeError(f"the emulated build finished without {lib}")
-    return lib
 
 
 def main(argv: list[str] | None = None) -> int:
