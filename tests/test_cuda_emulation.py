@@ -278,3 +278,17 @@ def test_a_killed_builds_lock_does_not_hang_the_next_build(tmp_path):
         assert held.returncode == 3
     free = subprocess.run([sys.executable, "-c", probe, str(build_dir / "build.flock")])
     assert free.returncode == 0
+
+
+@pytest.mark.parametrize("returncode, stdout, outcome", [
+    (0, "1 passed", "passed"),
+    (1, "FAILED tests/x.py::test_a - assert 0\n1 failed", "failed"),
+    (-6, "Fatal Python error: Aborted", "crashed"),   # a mutant corrupting memory: caught
+    (4, "ERROR: file or directory not found", "error"),  # the tests never ran
+])
+def test_the_mutation_check_counts_a_crash_as_caught(monkeypatch, returncode, stdout, outcome):
+    from tests.cuda_emulation import mutants
+
+    monkeypatch.setattr(mutants.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], returncode, stdout=stdout, stderr=""))
+    assert mutants.run_tests(Path("lib.so"), ["tests/x.py"])[0] == outcome

@@ -112,8 +112,8 @@ def mutate(mutant: Mutant, dest: Path) -> None:
 
 
 def run_tests(library: Path, tests: list[str]) -> tuple[str, str, float]:
-    """("passed" | "failed" | "error", the first failing test or pytest's complaint, seconds) for the
-    emulated tests of ``tests``; "error" when pytest could not run them at all."""
+    """("passed" | "failed" | "crashed" | "error", the first failing test or pytest's complaint,
+    seconds) for the emulated tests of ``tests``; "error" when pytest could not run them at all."""
     env = {**os.environ, LIBRARY_VARIABLE: str(library), "PYTHONPATH": str(REPO)}
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "emulated",
@@ -124,6 +124,10 @@ def run_tests(library: Path, tests: list[str]) -> tuple[str, str, float]:
         return "passed", "", seconds
     if result.returncode == 1 and failed:
         return "failed", failed[0], seconds
+    if result.returncode < 0:  # killed by a signal: the mutant's bug crashed the tests (an abort on
+        # the heap it corrupted, a segfault), which the suite has caught as surely as a failure
+        last = (result.stdout + result.stderr).strip().splitlines()[-1:]
+        return "crashed", f"pytest killed by signal {-result.returncode}: {' '.join(last)[:200]}", seconds
     last = (result.stdout + result.stderr).strip().splitlines()[-1:]
     return "error", f"pytest exit {result.returncode}: {' '.join(last)}", seconds
 
@@ -177,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             ok = False
         else:
             outcome, failing, seconds = run_tests(library, [mutant.tests])
-            result = {"passed": "SURVIVED", "failed": "killed", "error": "TESTS DID NOT RUN"}[outcome]
+            result = {"passed": "SURVIVED", "failed": "killed", "crashed": "killed (crashed)",
+                      "error": "TESTS DID NOT RUN"}[outcome]
             lines.append(f"{mutant.name} | csrc/{mutant.file} | {result} | {failing or '-'} | {seconds:.0f} s")
-            ok &= outcome == "failed"
+            ok &= outcome in ("failed", "crashed")
         print(lines[-1], flush=True)
     shutil.rmtree(csrc, ignore_errors=True)
     if not args.only:
