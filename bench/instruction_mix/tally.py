@@ -227,22 +227,6 @@ def cmd_funcs(path, sub):
             print(f'{len(v):6d} fma={c["fma"]:5d} {k[:220]}')
 
 
-if __name__ == '__main__':
-    cmd = sys.argv[1]
-    if cmd == 'loops':
-        cmd_loops(sys.argv[2], sys.argv[3])
-    elif cmd == 'funcs':
-        cmd_funcs(sys.argv[2], sys.argv[3])
-    elif cmd == 'range':
-        ex = []
-        args = sys.argv[6:]
-        for i, a in enumerate(args):
-            if a == '-x':
-                s, e = args[i + 1].split(':')
-                ex.append((int(s, 16), int(e, 16)))
-        cmd_range(sys.argv[2], sys.argv[3], int(sys.argv[4], 16), int(sys.argv[5], 16), ex)
-
-
 def cmd_blocks(path, sub, start=None, end=None):
     funcs = read_funcs(path)
     name, insns = find(funcs, sub)
@@ -274,11 +258,21 @@ def cmd_blocks(path, sub, start=None, end=None):
               + (' CALL ' + ';'.join(k[:60] for k in calls) if calls else ''))
 
 
-if __name__ == '__main__' and sys.argv[1] == 'blocks':
-    if len(sys.argv) > 4:
-        cmd_blocks(sys.argv[2], sys.argv[3], int(sys.argv[4], 16), int(sys.argv[5], 16))
-    else:
-        cmd_blocks(sys.argv[2], sys.argv[3])
+def weighted_range(insns, rng):
+    """START:END[*MULT] (hex, inclusive; MULT: how often one trip runs it) over a function's
+    instructions: (start, end, mult, its mix, its calls)."""
+    mult = 1.0
+    if '*' in rng:
+        rng, m = rng.split('*')
+        mult = float(m)
+    s, e = (int(x, 16) for x in rng.split(':'))
+    c, calls = tally([i for i in insns if s <= i['addr'] <= e])
+    return s, e, mult, c, calls
+
+
+def add_weighted(total, counts, mult):
+    for k, v in counts.items():
+        total[k] += v * mult
 
 
 def cmd_path(path, sub, specs):
@@ -288,25 +282,13 @@ def cmd_path(path, sub, specs):
     tot = Counter()
     allcalls = Counter()
     for sp in specs:
-        mult = 1.0
-        if '*' in sp:
-            sp, m = sp.split('*')
-            mult = float(m)
-        s, e = (int(x, 16) for x in sp.split(':'))
-        sel = [i for i in insns if s <= i['addr'] <= e]
-        c, calls = tally(sel)
-        for k, v in c.items():
-            tot[k] += v * mult
-        for k, v in calls.items():
-            allcalls[k] += v * mult
+        s, e, mult, c, calls = weighted_range(insns, sp)
+        add_weighted(tot, c, mult)
+        add_weighted(allcalls, calls, mult)
         print(f'  {s:#x}-{e:#x} x{mult:g}: {fmt(c)}')
     print('PER TRIP:', ' '.join(f'{k}={tot[k]:g}' for k in COLS if tot[k]))
     for k, v in allcalls.items():
         print(f'    call x{v:g}: {k}')
-
-
-if __name__ == '__main__' and sys.argv[1] == 'path':
-    cmd_path(sys.argv[2], sys.argv[3], sys.argv[4:])
 
 
 def cmd_spec(specfile):
@@ -321,19 +303,34 @@ def cmd_spec(specfile):
         if dis not in cache:
             cache[dis] = read_funcs(dis)
         name, insns = find(cache[dis], sub)
-        mult = 1.0
-        if '*' in rng:
-            rng, m = rng.split('*')
-            mult = eval(m)
-        s, e = (int(x, 16) for x in rng.split(':'))
-        sel = [i for i in insns if s <= i['addr'] <= e]
-        c, calls = tally(sel)
-        for k, v in c.items():
-            tot[k] += v * mult
+        s, e, mult, c, _ = weighted_range(insns, rng)
+        add_weighted(tot, c, mult)
         print(f'  {sub[:40]:40s} {s:#7x}-{e:#7x} x{mult:<6g} {fmt(c)}')
     print('PER TRIP:', ' '.join(f'{k}={tot[k]:g}' for k in COLS if tot[k]))
     return tot
 
 
-if __name__ == '__main__' and sys.argv[1] == 'spec':
-    cmd_spec(sys.argv[2])
+def main(argv):
+    cmd, args = argv[1], argv[2:]
+    if cmd == 'loops':
+        cmd_loops(args[0], args[1])
+    elif cmd == 'funcs':
+        cmd_funcs(args[0], args[1])
+    elif cmd == 'range':
+        ex = [tuple(int(x, 16) for x in args[i + 1].split(':')) for i, a in enumerate(args[4:], 4) if a == '-x']
+        cmd_range(args[0], args[1], int(args[2], 16), int(args[3], 16), ex)
+    elif cmd == 'blocks':
+        if len(args) > 2:
+            cmd_blocks(args[0], args[1], int(args[2], 16), int(args[3], 16))
+        else:
+            cmd_blocks(args[0], args[1])
+    elif cmd == 'path':
+        cmd_path(args[0], args[1], args[2:])
+    elif cmd == 'spec':
+        cmd_spec(args[0])
+    else:
+        raise SystemExit(f'tally.py: unknown command {cmd!r} (loops, funcs, range, blocks, path, spec)')
+
+
+if __name__ == '__main__':
+    main(sys.argv)
