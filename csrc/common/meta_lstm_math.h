@@ -215,8 +215,7 @@ LO_HD void meta_lstm_gates_backward(const MetaLSTMParams<S>& P, const V* d_gate,
   const int H = HC > 0 ? HC : P.hidden;
   // The hidden-20 kernel's 20 + G accumulators in register blocks (kRegisterBlock): one pass over
   // the rows per block of hidden units, the xg columns with the first. Any other width: one pass.
-  constexpr int kBlock = HC > 0 && HC > kRegisterBlock<V> && HC % kRegisterBlock<V> == 0
-                             ? kRegisterBlock<V> : kH;
+  constexpr int kBlock = HC > 0 ? kRegisterBlockOf<HC, V> : kH;
   constexpr int kBlocks = kH / kBlock;
   LO_UNROLL
   for (int block = 0; block < kBlocks; ++block) {

@@ -39,6 +39,12 @@ constexpr int kRegisterBlock =
     sizeof(V) >= 64 ? 1 << 20 : 10;
 #endif
 
+// The block a loop over a compile-time count kN of accumulators takes: kRegisterBlock<V> where
+// that splits kN into whole blocks, else all kN at once (kN == 0, a run-time count, gives 0).
+template <int kN, typename V>
+constexpr int kRegisterBlockOf =
+    kN > kRegisterBlock<V> && kN % kRegisterBlock<V> == 0 ? kRegisterBlock<V> : kN;
+
 // A constant of the value type V: a scalar, or the same number in every SIMD lane. A plain
 // conversion or a vector built from W copies: `V{} + s` would cost an add per use, which IEEE
 // rules (0 + -0 = +0) forbid the compiler to drop, and a loop of lane stores gets SLP-vectorised

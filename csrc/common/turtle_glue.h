@@ -89,10 +89,9 @@ inline TurtleNet describe_turtle_net(at::TensorList weights) {
   net.width[0] = 2;  // the t column, if any, is folded into b_0 (common/turtle_math.h)
   int64_t offset = 0;
   for (int k = 0; k < net.layers; ++k) {
-    const int64_t out = weights[k].size(0), in = net.width[k];
-    net.width[k + 1] = static_cast<int>(out);
+    net.width[k + 1] = static_cast<int>(weights[k].size(0));
     net.offset[k] = offset;
-    offset += out * in + out;
+    offset += net.block_size(k);
   }
   net.num_params = offset;
   return net;

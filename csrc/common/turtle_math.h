@@ -41,6 +41,8 @@ struct TurtleNet {
       if (width[k] != w) return false;
     return true;
   }
+  // Entries of layer k's block in the packed layout: W_k, then b_k.
+  LO_HD int64_t block_size(int k) const { return int64_t(width[k + 1]) * (width[k] + 1); }
   LO_HD int max_hidden_width() const {
     int w = 1;
     for (int k = 1; k < layers; ++k) w = width[k] > w ? width[k] : w;
@@ -188,13 +190,11 @@ LO_HD V relu_keep_nan(V x) {
   return select(x < splat<V>(0), splat<V>(0), x);
 }
 
-// Blocks of at most kRegisterBlock<V> of a compile-time count kN (which they divide), or one
-// block of the run-time count n when kN == 0: f(first, count) for each, with a compile-time count
-// where kN > 0.
+// Register blocks (kRegisterBlockOf) of a compile-time count kN, or one block of the run-time
+// count n when kN == 0: f(first, count, Count<block>) for each.
 template <int kN, typename V, typename F>
 LO_HD void for_register_blocks(int n, const F& f) {
-  constexpr int kBlock = kN > kRegisterBlock<V> ? kRegisterBlock<V> : kN;
-  static_assert(kN == 0 || kN % kBlock == 0, "a compile-time width must split into whole blocks");
+  constexpr int kBlock = kRegisterBlockOf<kN, V>;
   constexpr int kBlocks = kN > 0 ? kN / kBlock : 1;
   for_n<kBlocks>(kBlocks, [&](int block) { f(block * kBlock, kN > 0 ? kBlock : n, Count<kBlock>{}); });
 }
@@ -202,8 +202,8 @@ LO_HD void for_register_blocks(int n, const F& f) {
 // z = W a + b for one layer with W (out x in) row-major, then ReLU when kRelu. Input by input
 // (column by column of W): the `out` sums are independent chains that keep the FMA units busy,
 // where one dot product per output would wait on its own latency; in register blocks of outputs
-// (kRegisterBlock in common/scalar_math.h). Each z[o] still adds b[o], W[o][0] a[0], W[o][1] a[1], ... in that order, whatever the
-// blocking.
+// (kRegisterBlock in common/scalar_math.h). Each z[o] still adds b[o], W[o][0] a[0],
+// W[o][1] a[1], ... in that order, whatever the blocking.
 template <int kIn, int kOut, bool kRelu, typename V, typename S>
 LO_HD void turtle_dense(const S* LO_RESTRICT w, const S* LO_RESTRICT b, const V* a, V* z, int in,
                         int out) {

@@ -186,8 +186,7 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
       for (int64_t p = 0; p < num_params; ++p) total[p] += partial[c * num_params + p];
   }
   for (int k = 0; k < net.layers; ++k) {
-    const int64_t size = int64_t(net.width[k + 1]) * (net.width[k] + 1);
-    for (int64_t q = 0; q < size; ++q)
+    for (int64_t q = 0; q < net.block_size(k); ++q)
       turtle_store_param_grad(a.d_weights, a.weights, net, k, q,
                               static_cast<S>(total[net.offset[k] + q]));
   }

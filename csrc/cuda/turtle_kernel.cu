@@ -35,8 +35,7 @@ __device__ const S* stage_params(const TurtleWeights<S>& w, const TurtleNet& net
                                  const S* LO_RESTRICT global_packed, S* shared) {
   if constexpr (kSharedParams) {
     for (int k = 0; k < net.layers; ++k) {
-      const int64_t size = int64_t(net.width[k + 1]) * (net.width[k] + 1);
-      for (int64_t q = threadIdx.x; q < size; q += blockDim.x)
+      for (int64_t q = threadIdx.x; q < net.block_size(k); q += blockDim.x)
         shared[net.offset[k] + q] = turtle_packed_param(w, net, k, q);
     }
     __syncthreads();
@@ -244,8 +243,8 @@ Status backward_with(const TurtleBackwardArgs<S>& a, const TurtleNet& net, const
 }
 
 // The backward's scratch: the blocks' rows of double partials, then (when needed) the packed copy.
-int64_t partials_bytes(int64_t n, const TurtleNet& net) {
-  return (n == 0 ? 0 : backward_blocks(n, net)) * net.num_params * int64_t(sizeof(double));
+int64_t partials_bytes(int64_t blocks, const TurtleNet& net) {
+  return blocks * net.num_params * int64_t(sizeof(double));
 }
 
 }  // namespace
@@ -267,16 +266,16 @@ Status turtle_forward(const TurtleForwardArgs<S>& a, const TurtleNet& net, const
 template <typename S>
 int64_t turtle_backward_scratch_bytes(int64_t n, const TurtleNet& net) {
   const int64_t packed = backward_params_in_shared<S>(net) ? 0 : param_bytes<S>(net);
-  return partials_bytes(n, net) + packed;
+  return partials_bytes(backward_blocks(n, net), net) + packed;
 }
 
 template <typename S>
 Status turtle_backward(const TurtleBackwardArgs<S>& a, const TurtleNet& net, const TurtleStep<S>& st,
                        void* scratch, cudaStream_t stream) {
+  const int64_t blocks = backward_blocks(a.n, net);  // 0 when n == 0
   double* partials = static_cast<double*>(scratch);
   // After the partials, which are doubles: aligned for S.
-  S* packed = reinterpret_cast<S*>(static_cast<unsigned char*>(scratch) + partials_bytes(a.n, net));
-  const int64_t blocks = a.n == 0 ? 0 : backward_blocks(a.n, net);
+  S* packed = reinterpret_cast<S*>(static_cast<unsigned char*>(scratch) + partials_bytes(blocks, net));
   if (blocks > 0) {
     const Status s =
         net.hidden_widths_are(kTurtlePaperWidth)
