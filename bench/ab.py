@@ -19,14 +19,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.results import RESULTS_DIR, write_json
+from bench.machine import git_commit
+from bench.results import RESULTS_DIR, _short_commit as short_commit, write_json
 
 
-def git_commit(tree: Path) -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree,
-                           capture_output=True, text=True).stdout.strip()
-    return (proc.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+def alternate_rounds(rounds: int, run_a, run_b) -> tuple[list, list]:
+    """run_a(r) and run_b(r) for r < rounds, A first in even rounds and B first in odd ones, so
+    that drift in the machine's speed falls on both: (A's results, B's results)."""
+    a, b = [], []
+    for r in range(rounds):
+        order = [(run_a, a), (run_b, b)] if r % 2 == 0 else [(run_b, b), (run_a, a)]
+        for run, results in order:
+            results.append(run(r))
+    return a, b
+
+
+def medians(runs: list[dict[str, float]], keys: list[str]) -> dict[str, float]:
+    """Each key's median over the runs."""
+    return {k: statistics.median(run[k] for run in runs) for k in keys}
 
 
 def run_ops(tree: Path, args: list[str], out: Path) -> dict:
@@ -57,17 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     trees = [t.resolve() for t in args.trees]
-    commits = [git_commit(t) for t in trees]
+    commits = [short_commit(git_commit(t)) for t in trees]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder = args.out_dir / f"{args.name}-{stamp}"
-    medians: dict[str, list[dict]] = {"A": [], "B": []}
-    for r in range(args.rounds):
-        order = [("A", 0), ("B", 1)] if r % 2 == 0 else [("B", 1), ("A", 0)]
-        for side, k in order:
-            record = run_ops(trees[k], ops_args, folder / f"round{r}-{side}.json")
-            medians[side].append(fused_medians(record))
-    keys = [k for k in medians["A"][0] if all(k in m for m in medians["A"] + medians["B"])]
-    summary = {side: {k: statistics.median(m[k] for m in medians[side]) for k in keys} for side in medians}
+    runs = dict(zip("AB", alternate_rounds(
+        args.rounds,
+        lambda r: fused_medians(run_ops(trees[0], ops_args, folder / f"round{r}-A.json")),
+        lambda r: fused_medians(run_ops(trees[1], ops_args, folder / f"round{r}-B.json")))))
+    keys = [k for k in runs["A"][0] if all(k in m for m in runs["A"] + runs["B"])]
+    summary = {side: medians(runs[side], keys) for side in runs}
     print(f"| call | A {commits[0]} | B {commits[1]} | A / B |")
     print("| --- | --- | --- | --- |")
     for k in keys:
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "ab", "date": stamp, "command": "python3 -m bench.ab " + " ".join(argv),
               "environment": {k: v for k, v in os.environ.items() if k.startswith("LEARNEDOPT_")},
               "trees": {"A": [str(trees[0]), commits[0]], "B": [str(trees[1]), commits[1]]},
-              "median_s": summary, "rounds": medians}
+              "median_s": summary, "rounds": runs}
     path = write_json(record, folder / "summary.json")
     print(f"wrote {path}")
     return 0

@@ -19,31 +19,17 @@ import torch
 
 from bench.machine import cpu_model, cpu_simd_path, load_average, measure_cpu_fma_peak
 from bench.ops import meta_lstm_forward_flop, turtle_forward_flop
+from bench.quick_meta_lstm import make_inputs
 from bench.results import RESULTS_DIR, write_json
 from bench.timing import measure
-
-
-def lstm_inputs(n: int, gen: torch.Generator, hidden: int = 20):
-    def r(*shape, scale=1.0):
-        return (torch.rand(*shape, generator=gen) * 2 - 1) * scale
-
-    return [r(n), r(n, scale=0.1), r(()).abs(), r(n, hidden), r(n, hidden), r(n), r(n),
-            r(4 * hidden, 4, scale=0.3), r(4 * hidden, hidden, scale=0.3), r(4 * hidden),
-            r(4 * hidden), r(hidden + 2, scale=0.1), r(1), r(hidden + 2, scale=0.1), r(1)]
-
-
-def turtle_inputs(n: int, gen: torch.Generator, sizes=(3, 20, 20, 20, 20, 20, 1)):
-    weights = [torch.randn(o, i, generator=gen) * 0.3 for i, o in zip(sizes, sizes[1:])]
-    biases = [torch.randn(o, generator=gen) * 0.1 for o in sizes[1:]]
-    state = [torch.randn(n, generator=gen) for _ in range(4)]
-    return state, weights, biases
+from bench.turtle_host import paper_net
 
 
 def rows_for(n: int, budget: float) -> list[dict]:
     device = torch.device("cpu")
     gen = torch.Generator().manual_seed(n)
     rows = []
-    x = lstm_inputs(n, gen)
+    x = make_inputs(n, 20, 4, seed=n)
     lstm = torch.ops.learnedopt.meta_lstm_step
     inplace = torch.ops.learnedopt.meta_lstm_step_inplace
     flop = meta_lstm_forward_flop(20, 4) * n
@@ -52,7 +38,8 @@ def rows_for(n: int, budget: float) -> list[dict]:
                      "median_s": measure(lambda i: lstm(*x, 10.0, 0.0, False), device, budget).median_s})
         rows.append({"op": "meta_lstm_step", "call": "inplace", "n": n, "flop": flop,
                      "median_s": measure(lambda i: inplace(*x, 10.0, 0.0, False), device, budget).median_s})
-        (theta, grad, m, alpha), weights, biases = turtle_inputs(n, gen)
+        theta, grad, m, alpha = (torch.randn(n, generator=gen) for _ in range(4))
+        weights, biases = paper_net(gen)
         turtle = torch.ops.learnedopt.turtle_step
         rows.append({"op": "turtle_step", "call": "functional", "n": n,
                      "flop": turtle_forward_flop([3, 20, 20, 20, 20, 20, 1]) * n,

@@ -53,10 +53,10 @@ def cpu_simd_path() -> str:
     return order[min(best, order.index(wanted))] if wanted in order else order[best]
 
 
-def git_commit() -> str:
-    """HEAD of this checkout, with "+dirty" when tracked files differ from it."""
+def git_commit(tree: Path = REPO_ROOT) -> str:
+    """HEAD of this checkout (or of `tree`), with "+dirty" when tracked files differ from it."""
     def git(*args):
-        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True,
                               timeout=10)
     try:
         head = git("rev-parse", "HEAD")

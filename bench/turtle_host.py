@@ -16,13 +16,22 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 SIZES = (0, 1761)
 PASSES = ("forward", "backward")
+
+
+def paper_net(gen):
+    """The paper's [g, m, t] -> 5 x 20 -> 1 MLP, random weights of a trained rule's scale."""
+    import torch
+
+    sizes = [3, 20, 20, 20, 20, 20, 1]
+    weights = [torch.randn(o, i, generator=gen) * 0.3 for i, o in zip(sizes, sizes[1:])]
+    biases = [torch.randn(o, generator=gen) * 0.1 for o in sizes[1:]]
+    return weights, biases
 
 
 def worker(budget_s: float) -> dict:
@@ -35,9 +44,7 @@ def worker(budget_s: float) -> dict:
     out = {"learnedopt": learnedopt.__file__}  # which checkout's build is measured
     device = torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
-    sizes = [3, 20, 20, 20, 20, 20, 1]
-    weights = [torch.randn(o, i, generator=gen) * 0.3 for i, o in zip(sizes, sizes[1:])]
-    biases = [torch.randn(o, generator=gen) * 0.1 for o in sizes[1:]]
+    weights, biases = paper_net(gen)
     for n in SIZES:
         theta, grad, m, alpha, g = (torch.randn(n, generator=gen) for _ in range(5))
         forward = lambda i: torch.ops.learnedopt.turtle_step(  # noqa: E731
@@ -47,14 +54,6 @@ def worker(budget_s: float) -> dict:
         for name, fn in (("forward", forward), ("backward", backward)):
             out[f"{name} n={n}"] = measure(fn, device, budget_s=budget_s).median_s
     return out
-
-
-def git_commit(tree: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_worker(tree: Path, budget_s: float) -> dict:
@@ -88,16 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --trees A B (or --worker)")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    # Here, not at the top: the worker also runs in older checkouts, which may lack bench.ab.
+    from bench.ab import alternate_rounds, medians as medians_of
+    from bench.machine import git_commit
+    from bench.results import _short_commit as short_commit
+
     trees = [t.resolve() for t in args.trees]
-    runs: dict[str, list[dict]] = {str(t): [] for t in trees}
-    for r in range(args.rounds):
-        for tree in (trees if r % 2 == 0 else trees[::-1]):
-            runs[str(tree)].append(run_worker(tree, args.budget))
-    keys = list(runs[str(trees[0])][0])
-    medians = {str(t): {k: statistics.median(run[k] for run in runs[str(t)]) for k in keys}
-               for t in trees}
-    a, b = (medians[str(t)] for t in trees)
-    print(f"| call | A {git_commit(trees[0])} | B {git_commit(trees[1])} | A − B | A / B |")
+    runs_a, runs_b = alternate_rounds(args.rounds, lambda r: run_worker(trees[0], args.budget),
+                                      lambda r: run_worker(trees[1], args.budget))
+    runs: dict[str, list[dict]] = {}
+    for tree, tree_runs in zip(trees, (runs_a, runs_b)):
+        runs.setdefault(str(tree), []).extend(tree_runs)
+    keys = list(runs_a[0])
+    medians = {tree: medians_of(tree_runs, keys) for tree, tree_runs in runs.items()}
+    a, b = medians[str(trees[0])], medians[str(trees[1])]
+    commits = [short_commit(git_commit(t)) for t in trees]
+    print(f"| call | A {commits[0]} | B {commits[1]} | A − B | A / B |")
     print("| --- | --- | --- | --- | --- |")
     for k in keys:
         print(f"| {k} | {a[k] * 1e6:.2f} µs | {b[k] * 1e6:.2f} µs | {(a[k] - b[k]) * 1e6:.2f} µs "
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                   .isoformat(timespec="seconds"),
                   "command": "python3 -m bench.turtle_host " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "cpu_model": cpu_model(), "simd_path": cpu_simd_path(), "load_average": load_average(),
-                  "trees": {str(t): git_commit(t) for t in trees}, "median_s": medians, "runs": runs}
+                  "trees": {str(t): c for t, c in zip(trees, commits)}, "median_s": medians, "runs": runs}
         write_json(record, args.out)
         print(f"wrote {args.out}")
     return 0
