@@ -35,10 +35,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_simd_path() -> str:
-    """The SIMD path the CPU kernels take here (baseline, avx2 or avx512), by the rule of
-    csrc/cpu/capability.cpp: the CPU's flags, lowered by LEARNEDOPT_CPU_CAPABILITY. Results of
-    AVX2-only and AVX-512 hosts differ by several times, so every record names its path."""
+SIMD_ORDER = ("baseline", "avx2", "avx512")
+
+
+def host_simd_path() -> str:
+    """The best SIMD path this CPU's flags allow (baseline, avx2 or avx512), whatever
+    LEARNEDOPT_CPU_CAPABILITY says: the AVX2 path of an AVX-512 host is not an AVX2-only host
+    (other cores, other clocks), so records keep both."""
     try:
         flags = set()
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,10 +50,21 @@ def cpu_simd_path() -> str:
                 break
     except OSError:
         return "unknown (no /proc/cpuinfo)"
-    order = ("baseline", "avx2", "avx512")
     best = 2 if {"avx512f", "avx512dq"} <= flags else 1 if {"avx2", "fma"} <= flags else 0
+    return SIMD_ORDER[best]
+
+
+def cpu_simd_path() -> str:
+    """The SIMD path the CPU kernels take here, by the rule of csrc/cpu/capability.cpp: the
+    CPU's flags, lowered by LEARNEDOPT_CPU_CAPABILITY. Results of AVX2-only and AVX-512 hosts
+    differ by several times, so every record names its path."""
+    host = host_simd_path()
+    if host not in SIMD_ORDER:
+        return host
     wanted = os.environ.get("LEARNEDOPT_CPU_CAPABILITY")
-    return order[min(best, order.index(wanted))] if wanted in order else order[best]
+    if wanted in SIMD_ORDER:
+        return SIMD_ORDER[min(SIMD_ORDER.index(host), SIMD_ORDER.index(wanted))]
+    return host
 
 
 def git_commit(tree: Path = REPO_ROOT) -> str:
@@ -113,6 +127,7 @@ def describe_machine(device: torch.device) -> dict:
     if device.type == "cpu":
         # Ratios are the claims, but the ISA and the FMA peak say which kind of host gave them.
         info["simd_path"] = cpu_simd_path()
+        info["host_simd_path"] = host_simd_path()
         peak, _ = measure_cpu_fma_peak(0.5)
         info["fp32_fma_peak_flop_per_s"] = peak
     if device.type == "cuda":

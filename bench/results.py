@@ -115,6 +115,10 @@ def machine_line(record: dict) -> str:
     label = f" — **{record['label']}**" if record.get("label") else ""
     load = f", load average {m['load_average'][0]} at the start" if m.get("load_average") else ""
     isa = f", {m['simd_path']} kernels" if m.get("simd_path") else ""
+    if m.get("host_simd_path") and m["host_simd_path"] != m.get("simd_path"):
+        isa += f" on an {m['host_simd_path'].upper().replace('512', '-512')} host"
+    elif m.get("host_simd_path") == "avx2":
+        isa += " on an AVX2-only host"
     peak = (f", FMA probe {m['fp32_fma_peak_flop_per_s'] / 1e9:.0f} GFLOP/s"
             if m.get("fp32_fma_peak_flop_per_s") else "")
     return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads{isa}{peak}{load}), "

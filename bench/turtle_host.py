@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {k} | {a[k] * 1e6:.2f} µs | {b[k] * 1e6:.2f} µs | {(a[k] - b[k]) * 1e6:.2f} µs "
               f"| {a[k] / b[k]:.2f}× |")
     if args.out:
-        from bench.machine import cpu_model, cpu_simd_path, load_average
+        from bench.machine import cpu_model, cpu_simd_path, host_simd_path, load_average
         from bench.results import write_json
         record = {"benchmark": "turtle_host", "date": datetime.datetime.now(datetime.timezone.utc)
                   .isoformat(timespec="seconds"),
                   "command": "python3 -m bench.turtle_host " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "cpu_model": cpu_model(), "simd_path": cpu_simd_path(), "load_average": load_average(),
+                  "cpu_model": cpu_model(), "simd_path": cpu_simd_path(), "host_simd_path": host_simd_path(), "load_average": load_average(),
                   "trees": {str(t): c for t, c in zip(trees, commits)}, "median_s": medians, "runs": runs}
         write_json(record, args.out)
         print(f"wrote {args.out}")

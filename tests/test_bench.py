@@ -448,6 +448,21 @@ def test_every_cpu_record_names_its_simd_path_and_fma_peak(monkeypatch):
               "git_commit": "0" * 40}
     line = results.machine_line(record)
     assert f"{best} kernels" in line and ("GFLOP/s" in line) == (_extension._C is not None)
+    assert info["host_simd_path"] == best
+
+
+def test_a_record_tells_a_lowered_path_from_an_avx2_only_host():
+    # LEARNEDOPT_CPU_CAPABILITY=avx2 on an AVX-512 host runs other cores at other clocks than an
+    # AVX2-only host: the caption must say which of the two gave the numbers.
+    def caption(path, host):
+        record = {"machine": {"gpu_model": None, "cpu_model": "x", "cpu_count": 2, "threads": 2,
+                              "torch": "t", "simd_path": path, "host_simd_path": host},
+                  "device": "cpu", "date": "d", "git_commit": "0" * 40}
+        return results.machine_line(record)
+    assert "avx2 kernels on an AVX-512 host" in caption("avx2", "avx512")
+    assert "avx2 kernels on an AVX2-only host" in caption("avx2", "avx2")
+    assert "avx512 kernels)" in caption("avx512", "avx512")
+    assert "baseline kernels on an AVX2 host" in caption("baseline", "avx2")
 
 
 def test_conv_learner_result_file(tmp_path, monkeypatch):
