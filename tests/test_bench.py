@@ -541,3 +541,54 @@ def test_kernel_bound_refuses_bad_sizes():
 
     with pytest.raises(SystemExit):
         kernel_bound.main(["--sizes", "0"])
+
+
+def test_lstm_phases_times_each_phase_of_the_kernel_it_reproduces(tmp_path):
+    # The phase driver is built from the kernel header itself: the phases chained on a group must
+    # give the kernel's outputs bit for bit (the driver checks, the tool refuses a mismatch), and
+    # every phase of both passes is timed.
+    from bench import lstm_phases
+
+    out = tmp_path / "phases.json"
+    host = machine.host_simd_path()
+    cap = "avx2" if host in ("avx2", "avx512") else "baseline"
+    assert lstm_phases.main(["--n", "64", "--budget", "0.01", "--capabilities", cap, "--out", str(out)]) == 0
+    (record,) = json.loads(out.read_text())["results"]
+    assert record["capability"] == cap and record["n"] == 64 and record["phases_match_kernel"] is True
+    names = {(p["pass"], p["name"]) for p in record["phases"]}
+    assert names == {("forward", x) for x in ("rows", "preprocess", "gates", "activations", "cells")} | {
+        ("backward", x) for x in ("rows", "cells_backward", "gates_backward", "weight_terms")}
+    assert record["forward_seconds"] > 0 and record["backward_seconds"] > 0
+    for p in record["phases"]:
+        assert p["seconds"] > 0
+        assert p["share_of_kernel"] == pytest.approx(p["seconds"] / record[f"{p['pass']}_seconds"])
+    gates = next(p for p in record["phases"] if p["name"] == "gates")
+    assert gates["probe_fraction"] == pytest.approx(
+        lstm_phases.PHASE_FLOP[("forward", "gates")] * 64 / gates["seconds"] / record["fma_probe_flop_per_s"])
+
+
+def test_lstm_phases_refuses_bad_arguments():
+    from bench import lstm_phases
+
+    with pytest.raises(SystemExit):
+        lstm_phases.main(["--n", "40"])  # not a multiple of 16
+    with pytest.raises(SystemExit):
+        lstm_phases.main(["--capabilities", "sse9"])
+    if machine.host_simd_path() != "avx512":
+        with pytest.raises(SystemExit):
+            lstm_phases.main(["--capabilities", "avx512"])
+
+
+def test_lstm_phases_driver_rejects_a_phase_that_drifted(tmp_path, monkeypatch):
+    # A driver whose phases no longer compute the kernel's outputs is refused, not reported.
+    from bench import lstm_phases
+
+    source = lstm_phases.SOURCE.read_text()
+    planted = tmp_path / "phases.cpp"
+    needle = "g.theta_new = meta_lstm_update(g.sigmoid_f, g.sigmoid_i, g.theta, g.grad);"
+    assert needle in source
+    planted.write_text(source.replace(needle, needle + " g.theta_new += splat<V>(1e-3f);"))
+    monkeypatch.setattr(lstm_phases, "SOURCE", planted)
+    with pytest.raises(SystemExit, match="bit for bit"):
+        lstm_phases.main(["--n", "64", "--budget", "0.01", "--capabilities", "baseline",
+                          "--out", str(tmp_path / "x.json")])
