@@ -18,6 +18,10 @@ namespace cpu {
 namespace LO_CAPABILITY {
 
 // out[r * stride + k] += sum over s < ns of F[r * kSlots + s] X[k * kSlots + s], for an R x K tile.
+// Each sum starts from 0 and adds one product per slot, so that every step is a single FMA: started
+// from the first product instead, `F0 X0 + F1 X1` has two products, and which one GCC fuses into
+// the FMA (-ffp-contract=fast) follows the surrounding code, so the tile shape used to change the
+// last bits of the sums (bench/README.md, "What bounds each op").
 template <int kSlots, int R, int K, typename V>
 inline void outer_tile(V* LO_RESTRICT out, int64_t stride, const V* LO_RESTRICT F,
                        const V* LO_RESTRICT X, int ns) {
@@ -25,9 +29,9 @@ inline void outer_tile(V* LO_RESTRICT out, int64_t stride, const V* LO_RESTRICT 
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 16
-    for (int k = 0; k < K; ++k) acc[r][k] = F[r * kSlots] * X[k * kSlots];
+    for (int k = 0; k < K; ++k) acc[r][k] = splat<V>(0);
   }
-  for (int s = 1; s < ns; ++s) {
+  for (int s = 0; s < ns; ++s) {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const V f = F[r * kSlots + s];
@@ -57,10 +61,21 @@ inline void zero_padding_lanes(V* rows, int count, int stride, int valid) {
   }
 }
 
+// The register tile of outer_rect: R x K accumulators, beside one factor and the K inputs. 4 x 5 on
+// AVX-512's 32 registers; 3 x 4 on the 16 of SSE and AVX2, where the 20 accumulators of 4 x 5
+// spilled to the stack (bench/instruction_mix/README.md): 3 x 4 made the LSTM backward's weight
+// products 1.3x faster on an AVX2-only host (bench.lstm_phases, weight_terms). The shape never
+// changes a result (see outer_tile).
+template <typename V>
+struct OuterTile {
+  static constexpr bool kWide = sizeof(V) >= 64;
+  static constexpr int kRows = kWide ? 4 : 3, kCols = kWide ? 5 : 4;
+};
+
 // The rows x cols rectangle: out[r * stride + k] += sum over s < ns of F[r][s] X[k][s], with ns >= 1.
 template <int kSlots, typename V>
 inline void outer_rect(V* out, int64_t stride, const V* F, int rows, const V* X, int cols, int ns) {
-  constexpr int kBlockRows = 4, kBlockCols = 5;
+  constexpr int kBlockRows = OuterTile<V>::kRows, kBlockCols = OuterTile<V>::kCols;
   int r = 0;
   for (; r + kBlockRows <= rows; r += kBlockRows) {
     int k = 0;
