@@ -27,8 +27,9 @@ from bench.ops import meta_lstm_forward_flop
 from bench.results import RESULTS_DIR, write_json
 
 SOURCE = REPO_ROOT / "bench" / "lstm_phases" / "phases.cpp"
-# setup.py's flags for the kernels (no -march: the instruction set comes from LO_CAPABILITY).
-FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
+# The flags the extension's kernels are compiled with: Python's own (-fwrapv -DNDEBUG, which the
+# build of a torch extension adds) and setup.py's; no -march (LO_CAPABILITY sets the ISA).
+FLAGS = ["-fwrapv", "-DNDEBUG", "-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
 CAPABILITIES = ("baseline", "avx2", "avx512")
 H, G = 20, 2
 # Counted FLOP per coordinate of the mat-vec phases (one multiply-add = 2): the gates' 4H rows of
