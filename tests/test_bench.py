@@ -543,52 +543,62 @@ def test_kernel_bound_refuses_bad_sizes():
         kernel_bound.main(["--sizes", "0"])
 
 
-def test_lstm_phases_times_each_phase_of_the_kernel_it_reproduces(tmp_path):
-    # The phase driver is built from the kernel header itself: the phases chained on a group must
-    # give the kernel's outputs bit for bit (the driver checks, the tool refuses a mismatch), and
-    # every phase of both passes is timed.
-    from bench import lstm_phases
+def test_kernel_phases_times_each_phase_of_the_kernels_it_reproduces(tmp_path):
+    # The phase drivers are built from the kernel headers themselves: the phases chained on a group
+    # must give the kernel's outputs bit for bit (the driver checks, the tool refuses a mismatch),
+    # and every phase of both passes is timed.
+    from bench import kernel_phases
 
     out = tmp_path / "phases.json"
     host = machine.host_simd_path()
     cap = "avx2" if host in ("avx2", "avx512") else "baseline"
-    assert lstm_phases.main(["--n", "64", "--budget", "0.01", "--capabilities", cap, "--out", str(out)]) == 0
-    (record,) = json.loads(out.read_text())["results"]
-    assert record["capability"] == cap and record["n"] == 64 and record["phases_match_kernel"] is True
-    names = {(p["pass"], p["name"]) for p in record["phases"]}
-    assert names == {("forward", x) for x in ("rows", "preprocess", "gates", "activations", "cells")} | {
-        ("backward", x) for x in ("rows", "cells_backward", "gates_backward", "weight_terms")}
-    assert record["forward_seconds"] > 0 and record["backward_seconds"] > 0
-    for p in record["phases"]:
-        assert p["seconds"] > 0
-        assert p["share_of_kernel"] == pytest.approx(p["seconds"] / record[f"{p['pass']}_seconds"])
-    gates = next(p for p in record["phases"] if p["name"] == "gates")
-    assert gates["probe_fraction"] == pytest.approx(
-        lstm_phases.PHASE_FLOP[("forward", "gates")] * 64 / gates["seconds"] / record["fma_probe_flop_per_s"])
+    assert kernel_phases.main(["--n", "64", "--budget", "0.01", "--capabilities", cap, "--out", str(out)]) == 0
+    records = {r["op"]: r for r in json.loads(out.read_text())["results"]}
+    expected = {"meta_lstm": {("forward", x) for x in ("rows", "preprocess", "gates", "activations", "cells")}
+                | {("backward", x) for x in ("rows", "cells_backward", "gates_backward", "weight_terms")},
+                "turtle": {("forward", "io"), ("forward", "mlp"), ("forward", "dense_hidden"),
+                           ("backward", "weight_terms")}}
+    assert set(records) == set(expected)
+    for op, record in records.items():
+        assert record["capability"] == cap and record["n"] == 64 and record["phases_match_kernel"] is True
+        assert {(p["pass"], p["name"]) for p in record["phases"]} == expected[op]
+        assert record["forward_seconds"] > 0 and record["backward_seconds"] > 0
+        for p in record["phases"]:
+            assert p["seconds"] > 0
+            assert p["share_of_kernel"] == pytest.approx(p["seconds"] / record[f"{p['pass']}_seconds"])
+            flop = kernel_phases.PHASE_FLOP.get((op, p["pass"], p["name"]))
+            if flop:
+                assert p["probe_fraction"] == pytest.approx(
+                    flop * 64 / p["seconds"] / record["fma_probe_flop_per_s"])
 
 
-def test_lstm_phases_refuses_bad_arguments():
-    from bench import lstm_phases
+def test_kernel_phases_refuses_bad_arguments():
+    from bench import kernel_phases
 
     with pytest.raises(SystemExit):
-        lstm_phases.main(["--n", "40"])  # not a multiple of 16
+        kernel_phases.main(["--n", "40"])  # not a multiple of 16
     with pytest.raises(SystemExit):
-        lstm_phases.main(["--capabilities", "sse9"])
+        kernel_phases.main(["--capabilities", "sse9"])
+    with pytest.raises(SystemExit):
+        kernel_phases.main(["--ops", "adam"])
     if machine.host_simd_path() != "avx512":
         with pytest.raises(SystemExit):
-            lstm_phases.main(["--capabilities", "avx512"])
+            kernel_phases.main(["--capabilities", "avx512"])
 
 
-def test_lstm_phases_driver_rejects_a_phase_that_drifted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("op, needle", [
+    ("meta_lstm", "g.theta_new = meta_lstm_update(g.sigmoid_f, g.sigmoid_i, g.theta, g.grad);"),
+    ("turtle", "g.theta_new = g.theta + g.alpha * g.u;")])
+def test_kernel_phases_rejects_a_phase_that_drifted(tmp_path, monkeypatch, op, needle):
     # A driver whose phases no longer compute the kernel's outputs is refused, not reported.
-    from bench import lstm_phases
+    from bench import kernel_phases
 
-    source = lstm_phases.SOURCE.read_text()
-    planted = tmp_path / "phases.cpp"
-    needle = "g.theta_new = meta_lstm_update(g.sigmoid_f, g.sigmoid_i, g.theta, g.grad);"
+    source = kernel_phases.SOURCES[op].read_text()
     assert needle in source
-    planted.write_text(source.replace(needle, needle + " g.theta_new += splat<V>(1e-3f);"))
-    monkeypatch.setattr(lstm_phases, "SOURCE", planted)
+    planted = tmp_path / f"{op}.cpp"
+    planted.write_text(source.replace(needle, needle + " g.theta_new += splat<V>(1e-3f);")
+                       .replace('#include "harness.h"', f'#include "{kernel_phases.SOURCES[op].parent / "harness.h"}"'))
+    monkeypatch.setitem(kernel_phases.SOURCES, op, planted)
     with pytest.raises(SystemExit, match="bit for bit"):
-        lstm_phases.main(["--n", "64", "--budget", "0.01", "--capabilities", "baseline",
-                          "--out", str(tmp_path / "x.json")])
+        kernel_phases.main(["--ops", op, "--n", "64", "--budget", "0.01", "--capabilities", "baseline",
+                            "--out", str(tmp_path / "x.json")])

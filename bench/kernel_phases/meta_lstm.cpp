@@ -1,5 +1,5 @@
 // Per-phase timing of the meta-learner LSTM's CPU kernels (hidden 20, Ravi's 4 inputs, float), for
-// issue 15 item 1: where a group of W coordinates spends its time. Compiled by bench/lstm_phases.py
+// issue 15 item 1: where a group of W coordinates spends its time. Compiled by bench/kernel_phases.py
 // once per instruction set with the extension's flags and -DLO_CAPABILITY=<cap>, so it runs the
 // kernel header's own functions (gate_preactivations, meta_lstm_cell, meta_lstm_gates_backward,
 // flush_weight_terms, load_rows, ...), not copies of them.
@@ -12,26 +12,18 @@
 // give the kernel's outputs bit for bit (checked, and reported as phases_match_kernel): the
 // decomposition computes what the kernel computes.
 //
-// Output: one JSON object on stdout.
+// Output: one JSON object on stdout (harness.h).
 #include "cpu/capability_variant.h"
-#include "cpu/fma_peak.h"
 #include "cpu/meta_lstm_kernel.h"
 
 #include <omp.h>
 
-#define LO_STRINGIFY2(x) #x
-#define LO_STRINGIFY(x) LO_STRINGIFY2(x)
-
-#include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <functional>
 #include <random>
-#include <string>
 #include <vector>
+
+#include "harness.h"
 
 namespace lo {
 namespace cpu {
@@ -42,22 +34,7 @@ constexpr int W = sizeof(V) / sizeof(float);
 constexpr int H = 20, D = 4, G = MetaLSTMInput<D>::grad_columns;
 constexpr int kRing = 2;  // group buffers each phase cycles through
 
-inline void barrier() { asm volatile("" ::: "memory"); }
-
-// Median seconds of one call of fn, repeated for about budget_s after one warm-up call.
-double median_seconds(const std::function<void()>& fn, double budget_s) {
-  using clock = std::chrono::steady_clock;
-  fn();
-  std::vector<double> times;
-  const auto start = clock::now();
-  do {
-    const auto t0 = clock::now();
-    fn();
-    times.push_back(std::chrono::duration<double>(clock::now() - t0).count());
-  } while (std::chrono::duration<double>(clock::now() - start).count() < budget_s || times.size() < 5);
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
+using namespace phases;
 
 // One group's values as the phases pass them on (lane-major: one V per unit).
 struct Group {
@@ -175,8 +152,6 @@ struct WeightSums {
   }
 };
 
-bool same_bits(const float* a, const float* b, int64_t count) { return std::memcmp(a, b, count * 4) == 0; }
-
 // The phases chained on every group give the kernel's forward outputs bit for bit.
 bool forward_phases_match(const Problem& pr, const std::vector<float>& theta_new, const std::vector<float>& h_new,
                           const std::vector<float>& c_new) {
@@ -214,19 +189,17 @@ int run(int64_t n, double budget_s) {
   const Problem pr(n);
   const int64_t groups = n / W;
 
-  // The one-thread FMA probe of this instruction set (fma_peak.h's loop), FLOP per second.
-  const int64_t probe_iters = 2000000;
-  volatile float sink_probe = 0;
-  const double probe_s = median_seconds([&] { sink_probe = fma_peak_run(probe_iters, 0.5f, 0.5f, 0.25f); },
-                                        budget_s);
-  const double probe = 2.0 * W * kFmaPeakChains * probe_iters / probe_s;
+  Record rec;
+  rec.op = "meta_lstm";
+  rec.n = n;
+  rec.probe = probe_flop_per_s(budget_s);
 
   // The kernels themselves.
   std::vector<float> theta_new(n), h_new(n * H), c_new(n * H), f(n), i(n);
   MetaLSTMForwardArgs<float> fa{pr.theta.data(), pr.grad.data(), pr.h.data(), pr.c.data(), pr.f_prev.data(),
                                 pr.i_prev.data(), theta_new.data(), h_new.data(), c_new.data(), f.data(),
                                 i.data(), n, D, pr.P};
-  const double whole_forward = median_seconds([&] { forward<H, D, float, V, W>(fa); }, budget_s);
+  rec.forward_seconds = median_seconds([&] { forward<H, D, float, V, W>(fa); }, budget_s);
   std::vector<float> d_theta(n), d_grad(n), d_h(n * H), d_c(n * H), d_f_prev(n), d_i_prev(n);
   std::vector<float> d_weights(meta_lstm_weight_grad_count<D>(H));
   const MetaLSTMPackedLayout L = meta_lstm_packed_layout<D>(H);
@@ -236,7 +209,7 @@ int run(int64_t n, double budget_s) {
                                  pr.f_prev.data(), pr.i_prev.data(), d_theta.data(), d_grad.data(), d_h.data(),
                                  d_c.data(), d_f_prev.data(), d_i_prev.data(), d_weights.data(), partials.data(),
                                  0.5f, n, D, pr.P};
-  const double whole_backward = median_seconds([&] { backward<H, D, float, V, W>(ba); }, budget_s);
+  rec.backward_seconds = median_seconds([&] { backward<H, D, float, V, W>(ba); }, budget_s);
 
   // The phases, each alone over all groups.
   std::vector<Group> ring(kRing);
@@ -253,14 +226,8 @@ int run(int64_t n, double budget_s) {
       }
     };
   };
-  struct Phase {
-    const char* name;
-    const char* pass;  // the kernel whose time it is part of
-    double seconds;
-  };
-  std::vector<Phase> phases;
   auto time_phase = [&](const char* name, const char* pass, const std::function<void()>& fn) {
-    phases.push_back({name, pass, median_seconds(fn, budget_s)});
+    rec.time(name, pass, fn, budget_s);
   };
   // Memory and transposes: the forward's two (n, H) loads and two stores plus five (n,) vectors.
   std::vector<float> sink_rows(n * H), sink_lanes(n);
@@ -302,35 +269,14 @@ int run(int64_t n, double budget_s) {
 
   forward<H, D, float, V, W>(fa);
   backward<H, D, float, V, W>(ba);
-  const bool fwd_ok = forward_phases_match(pr, theta_new, h_new, c_new);
-  const bool bwd_ok = backward_phases_match(pr, d_theta, d_grad, d_h);
-
-  std::printf("{\"capability\": \"%s\", \"lanes\": %d, \"n\": %lld, \"threads\": 1, \"hidden\": %d, "
-              "\"input_size\": %d, \"fma_probe_flop_per_s\": %.6g, \"forward_seconds\": %.6g, "
-              "\"backward_seconds\": %.6g, \"phases_match_kernel\": %s, \"phases\": [",
-              LO_STRINGIFY(LO_CAPABILITY), W, static_cast<long long>(n), H, D, probe, whole_forward, whole_backward,
-              fwd_ok && bwd_ok ? "true" : "false");
-  for (size_t p = 0; p < phases.size(); ++p) {
-    std::printf("%s{\"name\": \"%s\", \"pass\": \"%s\", \"seconds\": %.6g}", p ? ", " : "", phases[p].name,
-                phases[p].pass, phases[p].seconds);
-  }
-  std::printf("], \"checksum\": %.6g}\n",
-              static_cast<double>(sink_probe) + sums.buffer[0][0] + ring[0].theta_new[0] + sink_lanes[0]);
-  return fwd_ok && bwd_ok ? 0 : 3;
+  rec.phases_match_kernel = forward_phases_match(pr, theta_new, h_new, c_new) &&
+                            backward_phases_match(pr, d_theta, d_grad, d_h);
+  rec.print(sums.buffer[0][0] + ring[0].theta_new[0] + sink_lanes[0]);
+  return rec.phases_match_kernel ? 0 : 3;
 }
 
 }  // namespace LO_CAPABILITY
 }  // namespace cpu
 }  // namespace lo
 
-int main(int argc, char** argv) {
-  const int64_t n = argc > 1 ? std::atoll(argv[1]) : 10000;
-  const double budget = argc > 2 ? std::atof(argv[2]) : 0.5;
-  constexpr int W = lo::cpu::LO_CAPABILITY::W;
-  if (n <= 0 || n % W != 0 || n < 2 * W) {
-    std::fprintf(stderr, "n = %lld: expected a positive multiple of %d lanes, at least %d\n",
-                 static_cast<long long>(n), W, 2 * W);
-    return 2;
-  }
-  return lo::cpu::LO_CAPABILITY::run(n, budget);
-}
+LO_PHASES_MAIN(lo::cpu::LO_CAPABILITY::run)
