@@ -109,6 +109,7 @@ def plot_speedups(record: dict, out: Path) -> Path | None:
 
 def section(device: str, chosen: dict, plots: dict[str, Path], readme_dir: Path | None) -> str:
     parts = []
+    plotted = False
     for benchmark in results.BENCHMARKS:
         for path_name in (SIMD_PATHS if device == "cpu" else (None,)):
             entry = chosen.get((device, benchmark, path_name))
@@ -116,9 +117,15 @@ def section(device: str, chosen: dict, plots: dict[str, Path], readme_dir: Path 
                 continue
             path, record = entry
             if path_name not in (None, SIMD_PATHS[0]):
-                parts.append(f"*The same benchmark on the {path_name.upper()} kernels:*")
+                host = record.get("machine", {}).get("host_simd_path")
+                if host == path_name:  # a machine of its own: its times are not comparable
+                    parts.append(f"*The same benchmark on an {path_name.upper()}-only host (another "
+                                 "machine: compare its ratios, not its times):*")
+                else:
+                    parts.append(f"*The same benchmark on the {path_name.upper()} kernels:*")
             parts.append(results.render(record))
-            if benchmark == "ops" and path_name in (None, SIMD_PATHS[0]) and device in plots:
+            if benchmark == "ops" and device in plots and not plotted:  # beside the best path's table
+                plotted = True
                 link = os.path.relpath(plots[device], readme_dir) if readme_dir else str(plots[device])
                 parts.append(f"![fused speed-up against n]({Path(link).as_posix()})")
             source = os.path.relpath(path, readme_dir) if readme_dir else str(path)
@@ -164,9 +171,13 @@ def main(argv=None) -> dict[str, str]:
     chosen = latest(load_all(files, args.include_smoke))
     plots: dict[str, Path] = {}
     if args.plots:
-        for (device, benchmark, path_name), (_, record) in chosen.items():
-            if benchmark == "ops" and path_name in (None, SIMD_PATHS[0]):
-                made = plot_speedups(record, args.plots / f"ops-speedup-{device}.png")
+        for device in SECTIONS:
+            # One plot per device, of its best SIMD path with a result (an AVX2-only host's run
+            # when no AVX-512 one is committed).
+            best = next((chosen[key] for key in ((device, "ops", p) for p in (*SIMD_PATHS, None))
+                         if key in chosen), None)
+            if best is not None:
+                made = plot_speedups(best[1], args.plots / f"ops-speedup-{device}.png")
                 if made:
                     plots[device] = made
     readme_dir = args.readme.resolve().parent if args.readme else None

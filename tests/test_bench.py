@@ -368,7 +368,7 @@ def test_report_shows_each_simd_path_beside_the_others(ops_record, tmp_path):
     files = []
     for name, path_name, date in (("avx512.json", "avx512", "2001"), ("avx2-old.json", "avx2", "2000"),
                                   ("avx2.json", "avx2", "2002")):
-        machine = {**record["machine"], "simd_path": path_name}
+        machine = {**record["machine"], "simd_path": path_name, "host_simd_path": "avx512"}
         files.append(tmp_path / name)
         files[-1].write_text(json.dumps({**record, "machine": machine, "date": f"{date}-01-01"}))
     legacy = {**record, "machine": {k: v for k, v in record["machine"].items() if k != "simd_path"},
@@ -602,3 +602,16 @@ def test_kernel_phases_rejects_a_phase_that_drifted(tmp_path, monkeypatch, op, n
     with pytest.raises(SystemExit, match="bit for bit"):
         kernel_phases.main(["--ops", op, "--n", "64", "--budget", "0.01", "--capabilities", "baseline",
                             "--out", str(tmp_path / "x.json")])
+
+
+def test_report_says_when_a_simd_path_is_another_machine(ops_record, tmp_path):
+    # An AVX2-only host's run is a different machine, not the AVX-512 host's AVX2 kernels.
+    _, record = ops_record
+    files = []
+    for name, path_name, host in (("avx512.json", "avx512", "avx512"), ("avx2.json", "avx2", "avx2")):
+        machine = {**record["machine"], "simd_path": path_name, "host_simd_path": host}
+        files.append(tmp_path / name)
+        files[-1].write_text(json.dumps({**record, "machine": machine}))
+    cpu = report.main([str(f) for f in files])["cpu"]
+    assert "on an AVX2-only host (another machine" in cpu and "on the AVX2 kernels" not in cpu
+    assert "avx2 kernels on an AVX2-only host" in cpu
