@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
 #include "cpu/fma_peak.h"
 
 #define LO_STRINGIFY2(x) #x
@@ -82,6 +84,29 @@ struct Record {
     std::printf("], \"checksum\": %.6g}\n", checksum);
   }
 };
+
+// A record for `op` over n coordinates, the probe taken; the driver runs on one thread from here
+// on (phases and kernels alike, against the one-thread probe).
+inline Record start_record(const char* op, int64_t n, double budget_s) {
+  omp_set_num_threads(1);
+  Record rec;
+  rec.op = op;
+  rec.n = n;
+  rec.probe = probe_flop_per_s(budget_s);
+  return rec;
+}
+
+// A phase over `groups` groups: body on each group's buffer in turn, cycling through the ring,
+// with a barrier per group.
+template <typename Ring, typename Body>
+std::function<void()> over_groups(Ring& ring, int64_t groups, Body body) {
+  return [&ring, groups, body] {
+    for (int64_t j = 0; j < groups; ++j) {
+      body(ring[j % static_cast<int64_t>(ring.size())]);
+      barrier();
+    }
+  };
+}
 
 inline bool same_bits(const float* a, const float* b, int64_t count) {
   return std::memcmp(a, b, count * sizeof(float)) == 0;

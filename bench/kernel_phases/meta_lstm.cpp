@@ -16,7 +16,6 @@
 #include "cpu/capability_variant.h"
 #include "cpu/meta_lstm_kernel.h"
 
-#include <omp.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -185,14 +184,9 @@ bool backward_phases_match(const Problem& pr, const std::vector<float>& d_theta,
 }
 
 int run(int64_t n, double budget_s) {
-  omp_set_num_threads(1);  // one core: phases and kernel alike, against the one-thread probe
+  Record rec = start_record("meta_lstm", n, budget_s);
   const Problem pr(n);
   const int64_t groups = n / W;
-
-  Record rec;
-  rec.op = "meta_lstm";
-  rec.n = n;
-  rec.probe = probe_flop_per_s(budget_s);
 
   // The kernels themselves.
   std::vector<float> theta_new(n), h_new(n * H), c_new(n * H), f(n), i(n);
@@ -218,19 +212,11 @@ int run(int64_t n, double budget_s) {
     phase_preprocess(pr, ring[r]), phase_gates(pr, ring[r]), phase_activations(ring[r]), phase_cells(pr, ring[r]);
     phase_cells_backward(pr, ring[r]), phase_gates_backward(pr, ring[r]);
   }
-  auto over_groups = [&](auto&& body) {
-    return [&, body] {
-      for (int64_t j = 0; j < groups; ++j) {
-        body(ring[j % kRing]);
-        barrier();
-      }
-    };
-  };
   auto time_phase = [&](const char* name, const char* pass, const std::function<void()>& fn) {
     rec.time(name, pass, fn, budget_s);
   };
   // Memory and transposes: the forward's two (n, H) loads and two stores plus five (n,) vectors.
-  std::vector<float> sink_rows(n * H), sink_lanes(n);
+  std::vector<float> sink_lanes(n);
   time_phase("rows", "forward", [&] {
     Group& g = ring[0];
     for (int64_t j = 0; j < n; j += W) {
@@ -245,10 +231,10 @@ int run(int64_t n, double budget_s) {
       barrier();
     }
   });
-  time_phase("preprocess", "forward", over_groups([&](Group& g) { phase_preprocess(pr, g); }));
-  time_phase("gates", "forward", over_groups([&](Group& g) { phase_gates(pr, g); }));
-  time_phase("activations", "forward", over_groups([&](Group& g) { phase_activations(g); }));
-  time_phase("cells", "forward", over_groups([&](Group& g) { phase_cells(pr, g); }));
+  time_phase("preprocess", "forward", over_groups(ring, groups, [&](Group& g) { phase_preprocess(pr, g); }));
+  time_phase("gates", "forward", over_groups(ring, groups, [&](Group& g) { phase_gates(pr, g); }));
+  time_phase("activations", "forward", over_groups(ring, groups, [&](Group& g) { phase_activations(g); }));
+  time_phase("cells", "forward", over_groups(ring, groups, [&](Group& g) { phase_cells(pr, g); }));
   // The backward's extra rows: g_h_new, g_c_new loaded, d_h, d_c stored, as in backward<>.
   time_phase("rows", "backward", [&] {
     Group& g = ring[0];
@@ -262,10 +248,10 @@ int run(int64_t n, double budget_s) {
       barrier();
     }
   });
-  time_phase("cells_backward", "backward", over_groups([&](Group& g) { phase_cells_backward(pr, g); }));
-  time_phase("gates_backward", "backward", over_groups([&](Group& g) { phase_gates_backward(pr, g); }));
+  time_phase("cells_backward", "backward", over_groups(ring, groups, [&](Group& g) { phase_cells_backward(pr, g); }));
+  time_phase("gates_backward", "backward", over_groups(ring, groups, [&](Group& g) { phase_gates_backward(pr, g); }));
   WeightSums sums;
-  time_phase("weight_terms", "backward", over_groups([&](Group& g) { sums.add(g); }));
+  time_phase("weight_terms", "backward", over_groups(ring, groups, [&](Group& g) { sums.add(g); }));
 
   forward<H, D, float, V, W>(fa);
   backward<H, D, float, V, W>(ba);

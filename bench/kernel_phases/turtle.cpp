@@ -12,7 +12,6 @@
 #include "cpu/capability_variant.h"
 #include "cpu/turtle_kernel.h"
 
-#include <omp.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -75,13 +74,9 @@ struct Group {
 };
 
 int run(int64_t n, double budget_s) {
-  omp_set_num_threads(1);  // one core: phases and kernel alike, against the one-thread probe
+  Record rec = start_record("turtle", n, budget_s);
   const Problem pr(n);
   const int64_t groups = n / W;
-  Record rec;
-  rec.op = "turtle";
-  rec.n = n;
-  rec.probe = probe_flop_per_s(budget_s);
 
   std::vector<float> theta_new(n), m_new(n);
   const TurtleForwardArgs<float> fa{pr.theta.data(), pr.grad.data(), pr.m.data(), pr.alpha.data(),
@@ -123,14 +118,6 @@ int run(int64_t n, double budget_s) {
     mlp(ring[r]);
     for (int o = 0; o < kH; ++o) ring[r].a[o] = splat<V>(0.1f * (o + 1));
   }
-  auto over_groups = [&](auto&& body) {
-    return [&, body] {
-      for (int64_t j = 0; j < groups; ++j) {
-        body(ring[j % kRing]);
-        barrier();
-      }
-    };
-  };
   rec.time("io", "forward", [&] {
     for (int64_t j = 0; j < n; j += W) {
       Group& g = ring[(j / W) % kRing];
@@ -139,11 +126,11 @@ int run(int64_t n, double budget_s) {
       barrier();
     }
   }, budget_s);
-  rec.time("mlp", "forward", over_groups([&](Group& g) { mlp(g); }), budget_s);
+  rec.time("mlp", "forward", over_groups(ring, groups, [&](Group& g) { mlp(g); }), budget_s);
   const float* hidden = params + net.offset[1];  // layer 1: the first 20 x 20 layer
   // On local arrays, as turtle_mlp holds them: through the group's members GCC cannot tell a from
   // z apart and stores every accumulator after each FMA.
-  rec.time("dense_hidden", "forward", over_groups([&](Group& g) {
+  rec.time("dense_hidden", "forward", over_groups(ring, groups, [&](Group& g) {
     V a[kH], z[kH];
     for (int i = 0; i < kH; ++i) a[i] = g.a[i];
     turtle_dense<kH, kH, true>(hidden, hidden + kH * kH, a, z, kH, kH);
@@ -162,13 +149,7 @@ int run(int64_t n, double budget_s) {
   for (V& one : ones) one = splat<V>(1);
   rec.time("weight_terms", "backward", [&] {
     for (int64_t j = 0; j + kTurtleGradSlots <= groups; j += kTurtleGradSlots) {
-      for (int k = 0; k < net.layers; ++k) {
-        const int out = net.width[k + 1], in = net.width[k];
-        V* w = acc.data() + net.offset[k];
-        const V* dz = dz_block + k * layer_block;
-        outer_rect<kTurtleGradSlots>(w, in, dz, out, in_block + k * layer_block, in, kTurtleGradSlots);
-        outer_rect<kTurtleGradSlots>(w + out * in, 1, dz, out, ones, 1, kTurtleGradSlots);
-      }
+      turtle_flush_weight_terms(acc.data(), net, dz_block, in_block, layer_block, ones, kTurtleGradSlots);
       barrier();
     }
   }, budget_s);

@@ -98,6 +98,21 @@ void turtle_forward_impl(const TurtleForwardArgs<S>& a, const TurtleNet& net,
 // accumulators together (cpu/outer_product.h).
 constexpr int kTurtleGradSlots = 16;
 
+// dW_k += dz a^T and db_k += dz over `count` staged vectors, for every layer k: the staged dz
+// (outputs x slots) and layer inputs (inputs x slots) of layer k start at k * layer_block in
+// dz_block and in_block; `ones` is the bias "input" (kTurtleGradSlots vectors of 1).
+template <typename V>
+inline void turtle_flush_weight_terms(V* acc, const TurtleNet& net, const V* dz_block, const V* in_block,
+                                      int64_t layer_block, const V* ones, int count) {
+  for (int k = 0; k < net.layers; ++k) {
+    const int out = net.width[k + 1], in = net.width[k];
+    V* w = acc + net.offset[k];
+    const V* dz = dz_block + k * layer_block;
+    outer_rect<kTurtleGradSlots>(w, in, dz, out, in_block + k * layer_block, in, count);
+    outer_rect<kTurtleGradSlots>(w + out * in, 1, dz, out, ones, 1, count);
+  }
+}
+
 template <int kH, typename S, typename V, int W>
 void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
                           const TurtleStep<S>& st) {
@@ -143,14 +158,8 @@ void turtle_backward_impl(const TurtleBackwardArgs<S>& a, const TurtleNet& net,
           zero_padding_lanes(in_rows, in, kTurtleGradSlots, valid);
         }
       };
-      auto flush = [&](int count) {  // dW_k += dz a^T and db_k += dz over the staged vectors
-        for (int k = 0; k < net.layers; ++k) {
-          const int out = net.width[k + 1], in = net.width[k];
-          V* w = acc.data() + net.offset[k];
-          const V* dz = dz_block + k * layer_block;
-          outer_rect<kTurtleGradSlots>(w, in, dz, out, in_block + k * layer_block, in, count);
-          outer_rect<kTurtleGradSlots>(w + out * in, 1, dz, out, ones, 1, count);
-        }
+      auto flush = [&](int count) {
+        turtle_flush_weight_terms(acc.data(), net, dz_block, in_block, layer_block, ones, count);
       };
       for (int64_t j = begin; j < end; j += W) {
         valid = end - j < W ? static_cast<int>(end - j) : W;
