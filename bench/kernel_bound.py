@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from bench.machine import cpu_model, cpu_simd_path, host_simd_path, load_average, measure_cpu_fma_peak
+from bench.machine import (cpu_model, cpu_simd_path, host_simd_path, load_average, measure_cpu_fma_peak,
+                           performance_environment)
 from bench.ops import meta_lstm_forward_flop, turtle_forward_flop
 from bench.quick_meta_lstm import make_inputs
 from bench.results import RESULTS_DIR, write_json
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "kernel_bound", "date": stamp,
               "command": "python3 -m bench.kernel_bound " + " ".join(sys.argv[1:] if argv is None else argv),
               "cpu_model": cpu_model(), "simd_path": cpu_simd_path(), "host_simd_path": host_simd_path(), "load_average": load_average(),
+              "environment": performance_environment(),
               "results": results}
     path = write_json(record, args.out or RESULTS_DIR / "ab" / f"kernel_bound-{stamp}.json")
     print(f"wrote {path}")

@@ -111,6 +111,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+# Environment variables that change what a timing measures: glibc's malloc policy (whether freed
+# blocks go back to the OS, so that the next fresh output page-faults them in again), torch's
+# transparent-huge-page allocation, the thread pools' sizes, and this package's own switches.
+PERFORMANCE_ENVIRONMENT_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE", "OMP_",
+                                    "MKL_", "KMP_", "LD_PRELOAD", "LEARNEDOPT_")
+
+
+def performance_environment(environ=None) -> dict[str, str]:
+    """The variables of `environ` (default os.environ) that change timings, sorted by name."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in sorted(environ) if k.startswith(PERFORMANCE_ENVIRONMENT_PREFIXES)}
+
+
 def describe_machine(device: torch.device) -> dict:
     info = {
         "hostname": socket.gethostname(),
@@ -123,6 +136,7 @@ def describe_machine(device: torch.device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": load_average(),
+        "environment": performance_environment(),
     }
     if device.type == "cpu":
         # Ratios are the claims, but the ISA and the FMA peak say which kind of host gave them.

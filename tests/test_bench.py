@@ -451,6 +451,24 @@ def test_every_cpu_record_names_its_simd_path_and_fma_peak(monkeypatch):
     assert info["host_simd_path"] == best
 
 
+def test_a_record_names_the_environment_that_changes_its_timings(monkeypatch):
+    # glibc's malloc thresholds alone make the LSTM's functional op 2x slower or faster at n = 10^6
+    # (fresh outputs page-faulted in, or reused): a record and its caption must say they were set.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4294967296")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("HOME_OF_SOMETHING_ELSE", "x")
+    env = machine.performance_environment()
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "4294967296" and env["OMP_NUM_THREADS"] == "2"
+    assert "HOME_OF_SOMETHING_ELSE" not in env
+    assert machine.performance_environment({"PATH": "/bin"}) == {}
+    record = {"machine": {"gpu_model": None, "cpu_model": "x", "cpu_count": 2, "threads": 2,
+                          "torch": "t", "environment": {"MALLOC_TRIM_THRESHOLD_": "4294967296"}},
+              "device": "cpu", "date": "d", "git_commit": "0" * 40}
+    assert "`MALLOC_TRIM_THRESHOLD_=4294967296`" in results.machine_line(record)
+    record["machine"]["environment"] = {}
+    assert "with" not in results.machine_line(record)
+
+
 def test_a_record_tells_a_lowered_path_from_an_avx2_only_host():
     # LEARNEDOPT_CPU_CAPABILITY=avx2 on an AVX-512 host runs other cores at other clocks than an
     # AVX2-only host: the caption must say which of the two gave the numbers.
