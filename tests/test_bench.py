@@ -552,6 +552,23 @@ def test_kernel_bound_reports_each_call_against_the_probe(tmp_path):
     for r in rows:
         assert r["n"] == 300 and r["threads"] == 1 and r["median_s"] > 0
         assert r["probe_fraction"] == pytest.approx(r["flop"] / r["median_s"] / r["probe_flop_per_s"])
+        assert r["probe_flop_per_s"] >= max(r["probe_before_flop_per_s"], r["probe_after_flop_per_s"])
+        assert isinstance(r["quiet"], bool)
+
+
+def test_kernel_bound_marks_a_row_whose_probes_slowed_as_noisy():
+    # A burst of other work slows the probe as it slows the kernel: the row must say so, and its
+    # fraction must be against the best probe (the hardware's), not the slowed one.
+    from bench import kernel_bound
+
+    quiet = kernel_bound.judge({"flop": 100.0, "median_s": 1.0, "probe_before_flop_per_s": 950.0,
+                                "probe_after_flop_per_s": 1000.0}, 1000.0)
+    assert quiet["quiet"] and quiet["probe_fraction"] == pytest.approx(0.1)
+    noisy = kernel_bound.judge({"flop": 100.0, "median_s": 1.0, "probe_before_flop_per_s": 1000.0,
+                                "probe_after_flop_per_s": 500.0}, 1000.0)
+    assert not noisy["quiet"] and noisy["probe_fraction"] == pytest.approx(0.1)
+    assert not kernel_bound.judge({"flop": 1.0, "median_s": 1.0, "probe_before_flop_per_s": None,
+                                   "probe_after_flop_per_s": None}, None)["quiet"]
 
 
 def test_kernel_bound_refuses_bad_sizes():
