@@ -64,10 +64,15 @@ def rows_for(n: int, budget: float) -> list[dict]:
     return rows
 
 
+def bracket_probes(row: dict) -> list[float]:
+    """The probes measured just before and after the row (none where the probe is not built)."""
+    return [p for p in (row.get("probe_before_flop_per_s"), row.get("probe_after_flop_per_s")) if p]
+
+
 def judge(row: dict, best_probe: float | None) -> dict:
     """The row's rate against the best probe seen at its thread count, and whether the probes
     around it say the machine was quiet while it ran."""
-    bracket = [p for p in (row.get("probe_before_flop_per_s"), row.get("probe_after_flop_per_s")) if p]
+    bracket = bracket_probes(row)
     row["flop_per_s"] = row["flop"] / row["median_s"]
     row["probe_flop_per_s"] = best_probe
     row["probe_fraction"] = row["flop_per_s"] / best_probe if best_probe else None
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [dict(row, threads=t) for n in sizes for row in rows_for(n, args.budget)]
         # The best probe of this thread count, bracketing ones included: a burst during the first
         # probe must not make every later fraction look better than the hardware allows.
-        probes = [p for r in rows for p in (r["probe_before_flop_per_s"], r["probe_after_flop_per_s"]) if p]
+        probes = [p for r in rows for p in bracket_probes(r)]
         best = max(probes + ([peak] if peak else []), default=None)
         for row in rows:
             judge(row, best)

@@ -122,9 +122,9 @@ def machine_line(record: dict) -> str:
     peak = (f", FMA probe {m['fp32_fma_peak_flop_per_s'] / 1e9:.0f} GFLOP/s"
             if m.get("fp32_fma_peak_flop_per_s") else "")
     # A run with a tuned allocator or thread pool is not comparable with one without: say so.
-    env = m.get("environment") or {}
-    env = ", with " + " ".join(f"`{k}={v}`" for k, v in env.items()) if env else ""
-    return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads{isa}{peak}{load}{env}), "
+    environment = m.get("environment") or {}
+    tuned = (", with " + " ".join(f"`{k}={v}`" for k, v in environment.items())) if environment else ""
+    return (f"{where} ({m['cpu_count']} CPU cores, {m['threads']} torch threads{isa}{peak}{load}{tuned}), "
             f"torch {m['torch']}{cuda}; {record['date']}, commit {_short_commit(record['git_commit'])}{label}")
 
 
